@@ -1,0 +1,59 @@
+// The BrokerPort of `roost api` running apart from the broker: an MQTT service login, a presence view built
+// from the retained presence topics, and /mqtt WebSocket connections piped to the broker's TCP listener.
+
+import { connect as netConnect } from 'node:net'
+import type { IncomingMessage } from 'node:http'
+import type { Duplex } from 'node:stream'
+import mqtt from 'mqtt'
+import type { Logger } from 'pino'
+import type { Database } from '../db/open.ts'
+import { insertTelemetry, type StoredRow } from '../db/telemetry.ts'
+import { parseTopic } from '../schemas/topics.ts'
+import type { BrokerPort, DeviceChange } from './broker-port.ts'
+
+export async function connectRemoteBroker (opts: { url: string, serviceToken: string, db: Database, log: Logger }): Promise<BrokerPort> {
+  const { log } = opts
+  const online = new Set<string>()
+  const client = await mqtt.connectAsync(opts.url, {
+    username: 'service:api',
+    password: opts.serviceToken,
+    clientId: 'roost-api-' + Math.random().toString(36).slice(2, 10),
+    reconnectPeriod: 1000,
+  })
+  client.on('error', err => log.warn({ err: err.message }, 'broker link error'))
+  client.on('message', (topic, payload) => {
+    const parsed = parseTopic(topic)
+    if (parsed.space !== 'device' || parsed.family !== 'presence') return
+    let isOnline = false
+    try { isOnline = payload.length > 0 && (JSON.parse(payload.toString()) as { online?: unknown }).online === true } catch { isOnline = false }
+    if (isOnline) online.add(parsed.deviceId)
+    else online.delete(parsed.deviceId)
+  })
+  await client.subscribeAsync('devices/+/presence', { qos: 1 })
+  const target = new URL(opts.url)
+
+  return {
+    isOnline: id => online.has(id),
+    async deviceChanged (deviceId: string, change: DeviceChange) {
+      await client.publishAsync(`roost/control/devices/${deviceId}`, JSON.stringify({ change }), { qos: 1 })
+    },
+    async publish (topic, payload, o) {
+      await client.publishAsync(topic, payload, { qos: o.qos, retain: o.retain })
+    },
+    storeTelemetry: (rows: readonly StoredRow[]) => insertTelemetry(opts.db, rows),
+    handleMqttStream (stream: Duplex, _req: IncomingMessage) {
+      const socket = netConnect({ host: target.hostname, port: Number(target.port || 1883) })
+      socket.setNoDelay(true)
+      stream.pipe(socket).pipe(stream)
+      const end = (): void => { socket.destroy(); stream.destroy() }
+      socket.on('error', end)
+      stream.on('error', end)
+      socket.on('close', end)
+      stream.on('close', end)
+    },
+    healthy: () => client.connected,
+    async close () {
+      await client.endAsync()
+    },
+  }
+}

@@ -1,0 +1,494 @@
+// The broker: Aedes with Roost's logins, topic ACL, packet guard, conformance checks, presence and telemetry ingest.
+
+import { createServer, type Server, type Socket } from 'node:net'
+import { createServer as createTlsServer, type Server as TlsServer } from 'node:tls'
+import { readFileSync } from 'node:fs'
+import type { IncomingMessage } from 'node:http'
+import type { Duplex } from 'node:stream'
+import type { AddressInfo } from 'node:net'
+import { Aedes, type Client, type PublishPacket, type Subscription, type AedesPublishPacket } from 'aedes'
+import aedesMemory from 'aedes-persistence'
+import type { Logger } from 'pino'
+import type { Registry } from 'prom-client'
+import type { Config } from '../schemas/config.ts'
+import type { ErrorCode } from '../schemas/errors.ts'
+import { errorMessage } from '../schemas/errors.ts'
+import type { Family } from '../schemas/topics.ts'
+import { FAMILIES, isDeviceId, parseTopic } from '../schemas/topics.ts'
+import type { Database } from '../db/open.ts'
+import { allDeviceIds, getDevice, writeLastSeen } from '../db/devices.ts'
+import { insertTelemetry } from '../db/telemetry.ts'
+import { decideLogin, describeIdentity, type DeviceCredential, type Identity } from './identity.ts'
+import { decidePublish, decideRead, decideSubscribe, type Decision, type FamilyRule, type FamilyTable, type Refusal } from './acl.ts'
+import { connectProblem, mqttStringProblem, packetProblem } from './conformance.ts'
+import { CONNACK_UNSUPPORTED_LEVEL, PacketFramer } from './packet-guard.ts'
+import { GroupCommitter } from './ingest.ts'
+import { LastSeen } from './last-seen.ts'
+import { boundOfflineQueue } from './offline-queue.ts'
+import { BrokerCounters, registerBrokerMetrics, type FlowKey } from './metrics.ts'
+import { telemetryRules } from './topics/telemetry.ts'
+import { stateRules } from './topics/state.ts'
+import { commandRules } from './topics/commands.ts'
+import { otaRules } from './topics/ota.ts'
+import { presenceRules, PresenceTracker } from './topics/presence.ts'
+import { audioRules } from './topics/audio.ts'
+import { streamRules } from './topics/stream.ts'
+import { errorNotice, errorRules } from './topics/errors.ts'
+
+export interface BrokerDeps {
+  readonly db: Database
+  readonly log: Logger
+  readonly registry: Registry
+  readonly now?: () => number
+}
+
+export interface PlatformPublish {
+  readonly qos?: 0 | 1
+  readonly retain?: boolean
+}
+
+export type DeviceChange = 'changed' | 'rotated' | 'deleted'
+
+export interface Broker {
+  readonly aedes: Aedes
+  readonly presence: PresenceTracker
+  readonly committer: GroupCommitter
+  /** Serves one MQTT connection over any duplex stream (the API's /mqtt WebSocket route uses this). */
+  handle (stream: Duplex, req?: IncomingMessage): void
+  listen (): Promise<{ mqttPort: number, mqttsPort: number | undefined }>
+  /** Publishes as the platform itself (no ACL: presence, desired state, errors). */
+  publish (topic: string, payload: Buffer | string, opts?: PlatformPublish): Promise<void>
+  /** A device was changed through the API: forget cached credentials, and cut its session on rotate/delete. */
+  deviceChanged (deviceId: string, change: DeviceChange): Promise<void>
+  close (): Promise<void>
+}
+
+// A publish the ACL or its family refused: Aedes still acknowledges it (MQTT 3.1.1 has no negative
+// PUBACK), and the broker's publish below drops it instead of relaying it.
+const REFUSED = Symbol('roost.refused')
+const SESSION = Symbol('roost.session')
+const CONNECT_FACTS = Symbol('roost.connect')
+
+interface CachedPublish {
+  readonly decision: Decision
+  readonly rule: FamilyRule | undefined
+  readonly deviceId: string | undefined
+  readonly flow: FlowKey
+  readonly fromDevice: boolean // a device-written family: retain is cleared, last-seen touched
+}
+
+interface Session {
+  readonly identity: Identity
+  readonly publishCache: Map<string, CachedPublish>
+  // present once the client holds a narrowed wildcard subscription: each delivery is checked, per topic once
+  readCache: Map<string, boolean> | undefined
+}
+
+interface ConnectFacts { readonly clientId: string, readonly clean: boolean, readonly willTopic: string | undefined }
+
+type RoostClient = Client & { [SESSION]?: Session, [CONNECT_FACTS]?: ConnectFacts, _parser: ParserInternals }
+type RoostPacket = PublishPacket & { [REFUSED]?: true }
+interface ParserInternals {
+  parse (buf: Buffer): number
+  listeners (event: 'packet'): Array<(packet: unknown) => void>
+  removeAllListeners (event: 'packet'): void
+  on (event: 'packet', fn: (packet: unknown) => void): void
+}
+
+// Per-connection decision caches: a device publishes to a handful of topics; a service may address
+// thousands of devices, so the cache is dropped when it grows past this instead of growing forever.
+const DECISION_CACHE_MAX = 512
+// Device credentials cached across logins; a flood of unknown ids clears it rather than growing it.
+const DEVICE_CACHE_MAX = 100_000
+// A refused client that does not close after our CONNACK is cut off after this.
+const REFUSAL_LINGER_MS = 1000
+
+export function buildBroker (config: Config, deps: BrokerDeps): Broker {
+  const { db, log } = deps
+  const now = deps.now ?? Date.now
+  const serviceToken = config.auth.serviceToken
+  if (serviceToken === undefined) throw new Error('buildBroker needs config.auth.serviceToken (resolveSecrets fills it)')
+
+  const counters = new BrokerCounters()
+  const committer = new GroupCommitter({ write: rows => insertTelemetry(db, rows), log })
+  const lastSeen = new LastSeen(seen => writeLastSeen(db, seen), config.lastSeenFlushMs, log)
+
+  const table: FamilyTable = {
+    ...telemetryRules({ limits: config.telemetry, committer, now }),
+    ...stateRules,
+    ...commandRules,
+    ...otaRules,
+    ...presenceRules,
+    ...audioRules,
+    ...streamRules,
+    ...errorRules,
+  }
+
+  const deviceCache = new Map<string, DeviceCredential | null>()
+  async function lookupDevice (id: string): Promise<DeviceCredential | undefined> {
+    const cached = deviceCache.get(id)
+    if (cached !== undefined) return cached ?? undefined
+    const row = await getDevice(db, id)
+    if (deviceCache.size >= DEVICE_CACHE_MAX) deviceCache.clear()
+    deviceCache.set(id, row === undefined ? null : { tokenHash: row.tokenHash })
+    return row === undefined ? undefined : { tokenHash: row.tokenHash }
+  }
+
+  // aedes-persistence is CommonJS whose typings claim an ES default export; at run time the default import is the factory
+  const memory = aedesMemory as unknown as () => Parameters<typeof boundOfflineQueue>[0]
+  const persistence = boundOfflineQueue(memory(), config.broker.offlineQueueLimit, clientId => {
+    counters.offlineDropped++
+    if (counters.offlineDropped % 1000 === 1) log.warn({ clientId, limit: config.broker.offlineQueueLimit, dropped: counters.offlineDropped }, 'offline queue full; newest QoS 1 messages are dropped')
+  })
+
+  const aedes = new Aedes({
+    persistence,
+    preConnect,
+    authenticate,
+    authorizePublish,
+    authorizeSubscribe,
+    authorizeForward,
+    // 64 chars is the longest device id; MQTT 3.1 clients are held to the spec's 23 only by Aedes' own check
+    maxClientsIdLength: 23,
+  })
+
+  // ---- login ---------------------------------------------------------------------------------------
+
+  function preConnect (client: Client, packet: Parameters<typeof connectProblem>[0], done: (err: Error | null, ok: boolean) => void): void {
+    const problem = connectProblem(packet)
+    if (problem !== undefined) {
+      violation(client as RoostClient, problem)
+      return done(new Error(problem), false)
+    }
+    const c = client as RoostClient
+    c[CONNECT_FACTS] = { clientId: packet.clientId ?? '', clean: packet.clean !== false, willTopic: packet.will?.topic }
+    done(null, true)
+  }
+
+  function authenticate (client: Client, username: string | undefined, password: Buffer | undefined, done: (err: (Error & { returnCode: number }) | null, ok: boolean | null) => void): void {
+    const c = client as RoostClient
+    const facts = c[CONNECT_FACTS] as ConnectFacts
+    const refuse = (returnCode: number, code: ErrorCode): void => {
+      counters.connectsRefused++
+      counters.refuse(code)
+      log.info({ clientId: facts.clientId, username, code, returnCode }, 'MQTT login refused')
+      setTimeout(() => c.conn.destroy(), REFUSAL_LINGER_MS).unref()
+      done(Object.assign(new Error(errorMessage(code)), { returnCode }), false)
+    }
+    decideLogin({ clientId: facts.clientId, username, password, clean: facts.clean }, { lookupDevice, serviceToken: serviceToken as string, anonymous: config.broker.anonymous })
+      .then(result => {
+        if (!result.ok) return refuse(result.returnCode, result.code)
+        // a will is a publish the client makes later; refuse the login now rather than drop the will then
+        if (facts.willTopic !== undefined && decidePublish(result.identity, facts.willTopic, table).decision !== 'allow') return refuse(5, 'TOPIC_FORBIDDEN')
+        c[SESSION] = { identity: result.identity, publishCache: new Map(), readCache: undefined }
+        counters.connectsAccepted++
+        done(null, true)
+      }, (err: unknown) => {
+        log.error({ err, clientId: facts.clientId }, 'login lookup failed')
+        refuse(3, 'DB_UNAVAILABLE') // CONNACK 3: server unavailable; the client retries
+      })
+  }
+
+  // ---- publish ---------------------------------------------------------------------------------------
+
+  function decide (identity: Identity, topic: string): CachedPublish {
+    const problem = mqttStringProblem(topic)
+    if (problem !== undefined) return { decision: 'PROTOCOL_VIOLATION', rule: undefined, deviceId: undefined, flow: 'other', fromDevice: false }
+    const d = decidePublish(identity, topic, table)
+    const parsed = parseTopic(topic)
+    const family: Family | undefined = parsed.space === 'device' ? parsed.family : undefined
+    return {
+      decision: d.decision,
+      rule: d.rule,
+      deviceId: d.deviceId,
+      flow: family ?? (parsed.space === 'scratch' ? 'scratch' : 'other'),
+      fromDevice: family !== undefined && FAMILIES[family].writer === 'device' && identity.kind === 'device',
+    }
+  }
+
+  function authorizePublish (client: Client | null, packet: PublishPacket, done: (err?: Error | null) => void): void {
+    const c = client as RoostClient | null
+    const session = c?.[SESSION]
+    // no client: a will restored from persistence; wills were authorized at CONNECT
+    if (c === null || session === undefined) return done(null)
+    let entry = session.publishCache.get(packet.topic)
+    if (entry === undefined) {
+      entry = decide(session.identity, packet.topic)
+      if (session.publishCache.size >= DECISION_CACHE_MAX) session.publishCache.clear()
+      session.publishCache.set(packet.topic, entry)
+    }
+    if (entry.decision === 'PROTOCOL_VIOLATION') {
+      // [MQTT-1.5.3-1] ill-formed topic strings close the connection
+      violation(c, mqttStringProblem(packet.topic) as string)
+      return done(new Error('protocol violation'))
+    }
+    if (entry.decision !== 'allow') return refusePublish(c, session, packet, { code: entry.decision }, done)
+    counters.count(counters.in, entry.flow)
+    if (entry.fromDevice) {
+      // device topics are never retained (the contract's table); a retained telemetry would replay stale data
+      packet.retain = false
+      lastSeen.touch(entry.deviceId as string, now())
+    }
+    const accept = entry.rule?.accept
+    if (accept === undefined) return done(null)
+    accept(session.identity, entry.deviceId as string, packet, refusal => {
+      if (refusal === undefined) done(null)
+      else refusePublish(c, session, packet, refusal, done)
+    })
+  }
+
+  function refusePublish (client: RoostClient, session: Session, packet: RoostPacket, refusal: Refusal, done: (err?: Error | null) => void): void {
+    packet[REFUSED] = true
+    counters.refuse(refusal.code)
+    const identity = session.identity
+    log.debug({ clientId: client.id, topic: packet.topic, code: refusal.code, detail: refusal.detail }, 'publish refused')
+    if (identity.kind === 'device') {
+      const params = { action: 'publish to', detail: refusal.detail ?? '', limit: refusal.detail ?? '' }
+      const notice = errorNotice(identity.deviceId, packet.topic, refusal.code, params)
+      void platformPublish(notice.topic, notice.payload, { qos: 0 })
+    }
+    done(null)
+  }
+
+  // Refused packets are acknowledged by Aedes but must go nowhere: this is the one place they stop.
+  // Aedes' runtime publish takes (packet, client, done); its typings only declare (packet, done)
+  type AedesPublishFn = (packet: unknown, client: Client | null, done?: (err?: Error) => void) => void
+  const aedesPublish = aedes.publish.bind(aedes) as unknown as AedesPublishFn
+  ;(aedes as { publish: unknown }).publish = function publish (packet: RoostPacket, client: Client | null | ((err?: Error) => void), done?: (err?: Error) => void) {
+    if (packet[REFUSED] === true) {
+      const cb = typeof client === 'function' ? client : done
+      if (cb !== undefined) cb()
+      return
+    }
+    aedesPublish(packet, client as Client | null, done)
+  }
+
+  function platformPublish (topic: string, payload: Buffer | string, opts: PlatformPublish = {}): Promise<void> {
+    const parsed = parseTopic(topic)
+    counters.count(counters.out, parsed.space === 'device' ? parsed.family : 'other')
+    return new Promise((resolve, reject) => {
+      aedesPublish({
+        cmd: 'publish',
+        topic,
+        payload: typeof payload === 'string' ? Buffer.from(payload) : payload,
+        qos: opts.qos ?? 0,
+        retain: opts.retain ?? false,
+        dup: false,
+      }, null, err => (err ? reject(err) : resolve()))
+    })
+  }
+
+  // ---- subscribe and delivery -------------------------------------------------------------------------
+
+  function authorizeSubscribe (client: Client, sub: Subscription, done: (err: Error | null, sub?: Subscription | null) => void): void {
+    const c = client as RoostClient
+    const session = c[SESSION]
+    if (session === undefined) return done(null, null)
+    const problem = mqttStringProblem(sub.topic)
+    if (problem !== undefined) {
+      violation(c, problem)
+      return done(new Error(problem))
+    }
+    const scope = decideSubscribe(session.identity, sub.topic, table)
+    if (scope === 'all' || scope === 'some') {
+      if (scope === 'some' && session.readCache === undefined) session.readCache = new Map()
+      return done(null, sub)
+    }
+    counters.refuse(scope)
+    log.debug({ clientId: c.id, filter: sub.topic, code: scope }, 'subscribe refused')
+    const identity = session.identity
+    if (identity.kind === 'device') {
+      const notice = errorNotice(identity.deviceId, sub.topic, scope, { action: 'subscribe to' })
+      void platformPublish(notice.topic, notice.payload, { qos: 0 })
+    }
+    done(null, null) // SUBACK 0x80
+  }
+
+  function authorizeForward (client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
+    const session = (client as RoostClient)[SESSION]
+    const cache = session?.readCache
+    if (cache === undefined) return packet // no narrowed subscription: everything subscribed is readable
+    let ok = cache.get(packet.topic)
+    if (ok === undefined) {
+      ok = decideRead((session as Session).identity, packet.topic, table)
+      if (cache.size >= DECISION_CACHE_MAX) cache.clear()
+      cache.set(packet.topic, ok)
+    }
+    return ok ? packet : null
+  }
+
+  // ---- connections -----------------------------------------------------------------------------------
+
+  let openConnections = 0
+
+  function violation (client: RoostClient, detail: string): void {
+    counters.refuse('PROTOCOL_VIOLATION')
+    log.warn({ clientId: client.id ?? undefined, detail }, 'protocol violation; closing the connection')
+    client.conn.destroy()
+  }
+
+  function handle (stream: Duplex, req?: IncomingMessage): void {
+    openConnections++
+    stream.once('close', () => { openConnections-- })
+    const client = aedes.handle(stream, req) as RoostClient
+    guard(client, stream)
+  }
+
+  /** Puts the byte framer in front of the parser and the packet checks in front of Aedes' handler. */
+  function guard (client: RoostClient, stream: Duplex): void {
+    const parser = client._parser
+    const framer = new PacketFramer(config.broker.maxPacketBytes)
+    const parse = parser.parse.bind(parser)
+    let stopped = false
+    parser.parse = (buf: Buffer): number => {
+      if (stopped) return 0
+      const verdict = framer.feed(buf)
+      if (verdict === undefined) return parse(buf)
+      stopped = true
+      switch (verdict.kind) {
+        case 'too-large':
+          counters.refuse('PACKET_TOO_LARGE')
+          log.warn({ clientId: client.id ?? undefined, size: verdict.size, limit: config.broker.maxPacketBytes }, 'packet too large; closing the connection')
+          stream.destroy()
+          break
+        case 'malformed-length':
+          violation(client, '[MQTT-2.2.3] remaining length longer than four bytes')
+          break
+        case 'unsupported-level':
+          // [MQTT-3.1.2-2] answer CONNACK 0x01 and close
+          counters.refuse('PROTOCOL_VIOLATION')
+          log.info({ level: verdict.level }, 'unsupported MQTT protocol level; CONNACK 0x01')
+          stream.end(CONNACK_UNSUPPORTED_LEVEL)
+          setTimeout(() => stream.destroy(), REFUSAL_LINGER_MS).unref()
+          break
+      }
+      return 0
+    }
+    const [enqueue] = parser.listeners('packet')
+    if (enqueue === undefined) throw new Error('aedes client parser has no packet listener')
+    parser.removeAllListeners('packet')
+    parser.on('packet', function checked (this: unknown, packet: unknown) {
+      if (stopped) return
+      const problem = packetProblem(packet as Parameters<typeof packetProblem>[0])
+      if (problem !== undefined) {
+        stopped = true
+        violation(client, problem)
+        return
+      }
+      enqueue.call(this, packet)
+    })
+  }
+
+  aedes.on('clientReady', client => {
+    const session = (client as RoostClient)[SESSION]
+    if (session?.identity.kind !== 'device') return
+    const id = session.identity.deviceId
+    lastSeen.touch(id, now())
+    void presence.online(id, client)
+    log.info({ deviceId: id }, 'device connected')
+  })
+
+  aedes.on('clientDisconnect', client => {
+    const session = (client as RoostClient)[SESSION]
+    if (session?.identity.kind !== 'device') return
+    const id = session.identity.deviceId
+    lastSeen.touch(id, now())
+    void presence.offline(id, client)
+    log.info({ deviceId: id }, 'device disconnected')
+  })
+
+  aedes.on('keepaliveTimeout', client => {
+    log.info({ clientId: client.id }, 'keepalive timeout')
+  })
+
+  aedes.on('clientError', (client, err) => {
+    log.debug({ clientId: client.id, err: err.message }, 'client error')
+  })
+
+  aedes.on('connectionError', (_client, err) => {
+    log.debug({ err: err.message }, 'connection error before login')
+  })
+
+  const presence = new PresenceTracker((topic, payload, retain) => platformPublish(topic, payload, { qos: 1, retain }), now)
+
+  registerBrokerMetrics(deps.registry, {
+    counters,
+    ingest: committer.stats,
+    connections: () => openConnections,
+    onlineDevices: () => presence.onlineCount,
+  })
+
+  // ---- control from a separate api process ------------------------------------------------------------
+
+  async function deviceChanged (deviceId: string, change: DeviceChange): Promise<void> {
+    deviceCache.delete(deviceId)
+    if (change === 'changed') return
+    const client = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients[deviceId]
+    if (client !== undefined) {
+      log.info({ deviceId, change }, 'closing the device session')
+      await new Promise<void>(resolve => client.close(() => resolve()))
+    }
+    if (change === 'deleted') await presence.forget(deviceId)
+  }
+
+  // `roost api` in its own process tells the broker about device changes on roost/control/devices/{id};
+  // only service logins may publish under roost/ (see decidePublish).
+  aedes.subscribe('roost/control/devices/+', (packet: AedesPublishPacket, cb: () => void) => {
+    const id = packet.topic.split('/')[3] as string
+    let change: unknown
+    try { change = (JSON.parse(packet.payload.toString()) as { change?: unknown }).change } catch { change = undefined }
+    if (isDeviceId(id) && (change === 'changed' || change === 'rotated' || change === 'deleted')) void deviceChanged(id, change)
+    else log.warn({ topic: packet.topic }, 'ignored control message')
+    cb()
+  }, () => {})
+
+  // ---- listeners -------------------------------------------------------------------------------------
+
+  const servers: Array<Server | TlsServer> = []
+
+  function serve (server: Server | TlsServer, port: number): Promise<number> {
+    servers.push(server)
+    return new Promise((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(port, config.broker.host, () => {
+        server.off('error', reject)
+        resolve((server.address() as AddressInfo).port)
+      })
+    })
+  }
+
+  function onSocket (socket: Socket): void {
+    // MQTT is small request/response traffic; Nagle would hold PUBACKs for the peer's delayed ACK
+    socket.setNoDelay(true)
+    handle(socket)
+  }
+
+  async function listen (): Promise<{ mqttPort: number, mqttsPort: number | undefined }> {
+    await aedes.listen()
+    // nobody is connected at start: every device's retained presence says offline
+    await presence.rebuild(await allDeviceIds(db))
+    lastSeen.start()
+    const mqttPort = await serve(createServer(onSocket), config.broker.mqttPort)
+    let mqttsPort: number | undefined
+    const tls = config.broker.tls
+    if (tls !== undefined) {
+      const server = createTlsServer({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile) })
+      server.on('secureConnection', onSocket)
+      server.on('tlsClientError', err => log.debug({ err: err.message }, 'TLS handshake failed'))
+      mqttsPort = await serve(server, config.broker.mqttsPort)
+    }
+    log.info({ mqttPort, mqttsPort }, 'broker listening')
+    return { mqttPort, mqttsPort }
+  }
+
+  async function close (): Promise<void> {
+    // servers finish closing only once their connections are gone, which aedes.close() brings about
+    const stopped = servers.map(s => new Promise<void>(resolve => s.close(() => resolve())))
+    await new Promise<void>(resolve => aedes.close(() => resolve()))
+    await Promise.all(stopped)
+    await committer.idle()
+    await lastSeen.stop()
+  }
+
+  return { aedes, presence, committer, handle, listen, publish: platformPublish, deviceChanged, close }
+}

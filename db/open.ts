@@ -1,0 +1,93 @@
+// Opens the database: embedded PGlite under the data dir by default, a Postgres server when DATABASE_URL
+// is set. Both run the same committed migrations and answer the same Database interface; the contract
+// suite in test/db-contract.test.ts runs against each.
+
+import { mkdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { PGlite } from '@electric-sql/pglite'
+import postgres from 'postgres'
+import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
+import { drizzle as drizzlePglite } from 'drizzle-orm/pglite'
+import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator'
+import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js'
+import { migrate as migratePostgres } from 'drizzle-orm/postgres-js/migrator'
+import * as devicesSchema from '../schemas/db/devices.ts'
+import * as telemetrySchema from '../schemas/db/telemetry.ts'
+
+export const schema = { ...devicesSchema, ...telemetrySchema }
+export type Schema = typeof schema
+export type Orm = PgDatabase<PgQueryResultHKT, Schema>
+
+const MIGRATIONS = fileURLToPath(new URL('./migrations', import.meta.url))
+
+export interface Database {
+  readonly kind: 'pglite' | 'postgres'
+  // drizzle for everything that is not a hot path
+  readonly orm: Orm
+  // one raw statement with positional parameters; used where one hand-written statement beats several
+  query<T = Record<string, unknown>>(text: string, params?: readonly unknown[]): Promise<T[]>
+  close(): Promise<void>
+}
+
+export interface DatabaseOptions {
+  readonly url: string | undefined
+  readonly dataDir: string
+  // how many server connections postgres.js may open; ingest needs one, the API a few
+  readonly poolSize?: number
+}
+
+export async function openDatabase (opts: DatabaseOptions): Promise<Database> {
+  const db = opts.url === undefined ? await openPglite(opts.dataDir) : openPostgres(opts.url, opts.poolSize ?? 10)
+  try {
+    await migrateDatabase(db)
+  } catch (err) {
+    await db.close().catch(() => {})
+    throw err
+  }
+  return db
+}
+
+async function migrateDatabase (db: Database): Promise<void> {
+  if (db.kind === 'pglite') await migratePglite(db.orm as Parameters<typeof migratePglite>[0], { migrationsFolder: MIGRATIONS })
+  else await migratePostgres(db.orm as Parameters<typeof migratePostgres>[0], { migrationsFolder: MIGRATIONS })
+}
+
+async function openPglite (dataDir: string): Promise<Database> {
+  const dir = join(dataDir, 'pglite')
+  mkdirSync(dir, { recursive: true })
+  const client = await PGlite.create({ dataDir: dir })
+  const orm = drizzlePglite({ client, schema }) as unknown as Orm
+  return {
+    kind: 'pglite',
+    orm,
+    async query<T> (text: string, params: readonly unknown[] = []) {
+      const result = await client.query<T>(text, params as unknown[])
+      return result.rows
+    },
+    async close () {
+      if (!client.closed) await client.close()
+    },
+  }
+}
+
+function openPostgres (url: string, poolSize: number): Database {
+  const client = postgres(url, {
+    max: poolSize,
+    onnotice: () => {}, // migrations print NOTICEs for IF NOT EXISTS; they are not problems
+    // int8 (epoch ms, counts) comes back as a number: every value Roost stores fits in 2^53
+    types: { int8: { to: 20, from: [20], serialize: (x: number) => String(x), parse: (x: string) => Number(x) } },
+    transform: { undefined: null },
+  })
+  const orm = drizzlePostgres({ client, schema }) as unknown as Orm
+  return {
+    kind: 'postgres',
+    orm,
+    async query<T> (text: string, params: readonly unknown[] = []) {
+      return await client.unsafe(text, params as never[]) as unknown as T[]
+    },
+    async close () {
+      await client.end({ timeout: 5 })
+    },
+  }
+}

@@ -1,0 +1,179 @@
+// Telemetry reads and writes: the batch insert used by ingest, latest values, raw ranges and aggregates.
+
+import type { Database } from './open.ts'
+import type { TelemetryScalar } from '../schemas/telemetry.ts'
+
+export interface StoredRow {
+  readonly deviceId: string
+  readonly key: string
+  readonly ts: number
+  readonly value: TelemetryScalar
+}
+
+// One statement stores the rows and moves "latest" forward, so a batch is atomic without BEGIN/COMMIT
+// round trips. Parameters are six arrays whatever the batch size (unnest), so the statement text is
+// constant and the server never hits the 65535-parameter limit.
+const INSERT_SQL = `
+WITH input AS (
+  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::float8[], $5::text[], $6::bool[])
+    WITH ORDINALITY AS t(device_id, key, ts, num, str, bool, ord)
+), stored AS (
+  INSERT INTO telemetry (device_id, key, ts, num, str, bool)
+  SELECT device_id, key, ts, num, str, bool FROM input
+)
+INSERT INTO telemetry_latest AS l (device_id, key, ts, num, str, bool)
+SELECT DISTINCT ON (device_id, key) device_id, key, ts, num, str, bool
+FROM input ORDER BY device_id, key, ts DESC, ord DESC
+ON CONFLICT (device_id, key) DO UPDATE
+  SET ts = excluded.ts, num = excluded.num, str = excluded.str, bool = excluded.bool
+  WHERE excluded.ts >= l.ts`
+
+export async function insertTelemetry (db: Database, rows: readonly StoredRow[]): Promise<void> {
+  if (rows.length === 0) return
+  const n = rows.length
+  const ids = new Array<string>(n)
+  const keys = new Array<string>(n)
+  const ts = new Array<number>(n)
+  const nums = new Array<number | null>(n)
+  const strs = new Array<string | null>(n)
+  const bools = new Array<boolean | null>(n)
+  for (let i = 0; i < n; i++) {
+    const r = rows[i] as StoredRow
+    ids[i] = r.deviceId
+    keys[i] = r.key
+    ts[i] = r.ts
+    const v = r.value
+    nums[i] = typeof v === 'number' ? v : null
+    strs[i] = typeof v === 'string' ? v : null
+    bools[i] = typeof v === 'boolean' ? v : null
+  }
+  await db.query(INSERT_SQL, [ids, keys, ts, nums, strs, bools])
+}
+
+interface ValueColumns { num: number | null, str: string | null, bool: boolean | null }
+
+function valueOf (r: ValueColumns): TelemetryScalar {
+  if (r.num !== null) return Number(r.num)
+  if (r.str !== null) return r.str
+  if (r.bool !== null) return r.bool
+  return null
+}
+
+export interface LatestValue { readonly key: string, readonly ts: number, readonly value: TelemetryScalar }
+
+export async function latestTelemetry (db: Database, deviceId: string, keys?: readonly string[]): Promise<LatestValue[]> {
+  const rows = keys === undefined
+    ? await db.query<ValueColumns & { key: string, ts: number }>(
+      'SELECT key, ts, num, str, bool FROM telemetry_latest WHERE device_id = $1 ORDER BY key', [deviceId])
+    : await db.query<ValueColumns & { key: string, ts: number }>(
+      'SELECT key, ts, num, str, bool FROM telemetry_latest WHERE device_id = $1 AND key = ANY($2::text[]) ORDER BY key', [deviceId, keys])
+  return rows.map(r => ({ key: r.key, ts: Number(r.ts), value: valueOf(r) }))
+}
+
+async function deviceKeys (db: Database, deviceId: string): Promise<string[]> {
+  const rows = await db.query<{ key: string }>('SELECT key FROM telemetry_latest WHERE device_id = $1 ORDER BY key', [deviceId])
+  return rows.map(r => r.key)
+}
+
+// A page position: the (ts, key) of the last row returned and how many rows with exactly that
+// (ts, key) were returned, since two readings of one key may share a millisecond.
+export interface RangeCursor { readonly ts: number, readonly key: string, readonly n: number }
+
+export interface RangeQuery {
+  readonly deviceId: string
+  readonly from: number
+  readonly to: number
+  readonly keys: readonly string[] | undefined
+  readonly limit: number
+  readonly after: RangeCursor | undefined
+}
+
+export interface RangePage { readonly rows: LatestValue[], readonly next: RangeCursor | undefined }
+
+/**
+ * Raw rows in time order (then key). Each key is read with its own index range scan, already in ts
+ * order; Postgres merges them (Merge Append) so the cost follows `limit`, not the device's history.
+ */
+export async function telemetryRange (db: Database, q: RangeQuery): Promise<RangePage> {
+  const keys = q.keys ?? await deviceKeys(db, q.deviceId)
+  if (keys.length === 0) return { rows: [], next: undefined }
+  const params: unknown[] = [q.deviceId, q.from, q.to, q.limit + (q.after?.n ?? 0)]
+  const parts = keys.map(key => {
+    params.push(key)
+    const k = `$${params.length}`
+    let lower = 'ts >= $2'
+    if (q.after !== undefined) {
+      // rows at the cursor's ts come after it only for keys sorting after the cursor's key (or equal, minus n)
+      params.push(q.after.ts)
+      const t = `$${params.length}`
+      lower = key >= q.after.key ? `ts >= GREATEST($2, ${t})` : `ts > GREATEST($2 - 1, ${t})`
+    }
+    return `(SELECT key, ts, num, str, bool FROM telemetry WHERE device_id = $1 AND key = ${k} AND ${lower} AND ts < $3 ORDER BY ts LIMIT $4)`
+  })
+  const sql = parts.join(' UNION ALL ') + ' ORDER BY ts, key LIMIT $4'
+  let rows = await db.query<ValueColumns & { key: string, ts: number }>(sql, params)
+  if (q.after !== undefined) {
+    // drop the rows the previous page already returned at exactly the cursor's (ts, key)
+    let skip = q.after.n
+    rows = rows.filter(r => !(Number(r.ts) === q.after!.ts && r.key === q.after!.key && skip-- > 0))
+  }
+  rows = rows.slice(0, q.limit)
+  const out = rows.map(r => ({ key: r.key, ts: Number(r.ts), value: valueOf(r) }))
+  let next: RangeCursor | undefined
+  const last = out[out.length - 1]
+  if (out.length === q.limit && last !== undefined) {
+    let n = 0
+    for (let i = out.length - 1; i >= 0 && out[i]!.ts === last.ts && out[i]!.key === last.key; i--) n++
+    if (q.after !== undefined && q.after.ts === last.ts && q.after.key === last.key) n += q.after.n
+    next = { ts: last.ts, key: last.key, n }
+  }
+  return { rows: out, next }
+}
+
+export interface Bucket {
+  readonly key: string
+  readonly ts: number // start of the interval, epoch ms
+  readonly min: number | null
+  readonly max: number | null
+  readonly avg: number | null
+  readonly count: number
+}
+
+export interface AggregateQuery {
+  readonly deviceId: string
+  readonly from: number
+  readonly to: number
+  readonly keys: readonly string[] | undefined
+  readonly interval: number
+  readonly limit: number
+  readonly afterTs: number | undefined // page on bucket start
+}
+
+/** Per-interval min/max/avg over numeric values and count of readings, buckets aligned to the epoch. */
+export async function telemetryAggregate (db: Database, q: AggregateQuery): Promise<{ buckets: Bucket[], nextTs: number | undefined }> {
+  const keys = q.keys ?? await deviceKeys(db, q.deviceId)
+  if (keys.length === 0) return { buckets: [], nextTs: undefined }
+  const from = q.afterTs === undefined ? q.from : Math.max(q.from, q.afterTs + q.interval)
+  const rows = await db.query<{ key: string, bucket: number, min: number | null, max: number | null, avg: number | null, count: number }>(
+    `SELECT key, ts - ts % $5 AS bucket, min(num) AS min, max(num) AS max, avg(num) AS avg, count(*) AS count
+     FROM telemetry WHERE device_id = $1 AND key = ANY($2::text[]) AND ts >= $3 AND ts < $4
+     GROUP BY key, bucket ORDER BY bucket, key LIMIT $6`,
+    // one more bucket's worth than the page, to know whether a next page exists
+    [q.deviceId, keys, from, q.to, q.interval, (q.limit + 1) * keys.length])
+  // a page ends on a whole bucket so no interval is split across pages
+  const buckets: Bucket[] = []
+  let nextTs: number | undefined
+  for (const r of rows) {
+    const ts = Number(r.bucket)
+    if (buckets.length >= q.limit && ts !== buckets[buckets.length - 1]!.ts) { nextTs = buckets[buckets.length - 1]!.ts; break }
+    buckets.push({
+      key: r.key,
+      ts,
+      min: r.min === null ? null : Number(r.min),
+      max: r.max === null ? null : Number(r.max),
+      avg: r.avg === null ? null : Number(r.avg),
+      count: Number(r.count),
+    })
+  }
+  return { buckets, nextTs }
+}

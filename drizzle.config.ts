@@ -1,0 +1,8 @@
+// drizzle-kit settings: `npm run db:generate` writes SQL migrations from schemas/db/ into db/migrations/.
+import { defineConfig } from 'drizzle-kit'
+
+export default defineConfig({
+  dialect: 'postgresql',
+  schema: ['./schemas/db/devices.ts', './schemas/db/telemetry.ts'],
+  out: './db/migrations',
+})

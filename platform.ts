@@ -1,0 +1,86 @@
+// Composes Roost's parts: opens the database, builds broker and API, connects them, starts listening.
+// `roost start` runs both; `roost broker` and `roost api` run one each.
+
+import type { FastifyInstance } from 'fastify'
+import type { Logger } from 'pino'
+import { Registry, collectDefaultMetrics } from 'prom-client'
+import type { Config } from './schemas/config.ts'
+import { openDatabase, type Database } from './db/open.ts'
+import { buildBroker, type Broker } from './broker/index.ts'
+import { buildApi } from './api/index.ts'
+import type { BrokerPort } from './api/broker-port.ts'
+import { connectRemoteBroker } from './api/remote-broker.ts'
+
+export type Part = 'broker' | 'api'
+
+export interface Platform {
+  readonly config: Config
+  readonly db: Database
+  readonly broker: Broker | undefined
+  readonly api: FastifyInstance | undefined
+  readonly ports: { readonly mqtt?: number, readonly mqtts?: number, readonly http?: number }
+  close (): Promise<void>
+}
+
+/** The broker as the API sees it when both run in one process. */
+export function localBrokerPort (broker: Broker): BrokerPort {
+  return {
+    isOnline: id => broker.presence.isOnline(id),
+    deviceChanged: (id, change) => broker.deviceChanged(id, change),
+    publish: (topic, payload, opts) => broker.publish(topic, payload, opts),
+    storeTelemetry: rows => new Promise(resolve => { broker.committer.add(rows, resolve) }),
+    handleMqttStream: (stream, req) => broker.handle(stream, req),
+    healthy: () => !broker.aedes.closed,
+    close: async () => {},
+  }
+}
+
+export async function startPlatform (config: Config, log: Logger, parts: readonly Part[] = ['broker', 'api']): Promise<Platform> {
+  const db = await openDatabase({ url: config.db.url, dataDir: config.dataDir })
+  log.info({ database: db.kind === 'pglite' ? `embedded PGlite in ${config.dataDir}` : 'Postgres server' }, 'database ready')
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry, prefix: 'roost_process_' })
+
+  let broker: Broker | undefined
+  let api: FastifyInstance | undefined
+  let port: BrokerPort | undefined
+  const ports: { mqtt?: number, mqtts?: number, http?: number } = {}
+  try {
+    if (parts.includes('broker')) {
+      broker = buildBroker(config, { db, log: log.child({ part: 'broker' }), registry })
+      const listening = await broker.listen()
+      ports.mqtt = listening.mqttPort
+      if (listening.mqttsPort !== undefined) ports.mqtts = listening.mqttsPort
+    }
+    if (parts.includes('api')) {
+      port = broker !== undefined
+        ? localBrokerPort(broker)
+        : await connectRemoteBroker({ url: config.broker.url, serviceToken: config.auth.serviceToken as string, db, log })
+      api = await buildApi(config, { db, log: log.child({ part: 'api' }), registry, broker: port, mqttPort: ports.mqtt })
+      await api.listen({ port: config.http.port, host: config.http.host })
+      const address = api.server.address()
+      ports.http = typeof address === 'object' && address !== null ? address.port : config.http.port
+    }
+  } catch (err) {
+    await api?.close().catch(() => {})
+    await broker?.close().catch(() => {})
+    await port?.close().catch(() => {})
+    await db.close().catch(() => {})
+    throw err
+  }
+
+  return {
+    config,
+    db,
+    broker,
+    api,
+    ports,
+    async close () {
+      // stop taking requests, then stop the broker (which drains pending telemetry), then the database
+      await api?.close()
+      await port?.close()
+      await broker?.close()
+      await db.close()
+    },
+  }
+}

@@ -1,0 +1,38 @@
+// Telemetry storage: one row per (device, key, time), plus a small "latest value per key" table.
+//
+// Index design, for one device with a million rows:
+// - `telemetry_device_key_ts_idx` (device_id, key, ts) is the only index on the big table. A range
+//   query for some keys is one index range scan per key (`device_id = $1 AND key = ANY($2) AND ts
+//   BETWEEN`), and per-interval min/max/avg/count groups the rows of that scan by
+//   `ts - ts % interval` without a sort of the whole device. No primary key: a surrogate id would be
+//   a second index to maintain on every insert for no query that uses it.
+// - "Latest per key" never scans history: `telemetry_latest` holds one row per (device, key),
+//   upserted in the same transaction as the rows (only when the new ts is not older), so reading it
+//   costs as many rows as the device has keys.
+// - Times are epoch milliseconds in bigint: the wire format, and bucketing is integer arithmetic.
+// - A value lands in one of three typed columns (num, str, bool); JSON null leaves all three null.
+//   Aggregates use `num` only.
+
+import { bigint, boolean, doublePrecision, index, pgTable, primaryKey, text } from 'drizzle-orm/pg-core'
+
+export const telemetry = pgTable('telemetry', {
+  deviceId: text('device_id').notNull(),
+  key: text('key').notNull(),
+  ts: bigint('ts', { mode: 'number' }).notNull(),
+  num: doublePrecision('num'),
+  str: text('str'),
+  bool: boolean('bool'),
+}, t => [
+  index('telemetry_device_key_ts_idx').on(t.deviceId, t.key, t.ts),
+])
+
+export const telemetryLatest = pgTable('telemetry_latest', {
+  deviceId: text('device_id').notNull(),
+  key: text('key').notNull(),
+  ts: bigint('ts', { mode: 'number' }).notNull(),
+  num: doublePrecision('num'),
+  str: text('str'),
+  bool: boolean('bool'),
+}, t => [
+  primaryKey({ columns: [t.deviceId, t.key] }),
+])

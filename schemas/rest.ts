@@ -1,0 +1,128 @@
+// REST bodies, parameters and replies (TypeBox → JSON Schema → OpenAPI at /docs). Types derive from these.
+
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { DEVICE_ID_PATTERN } from './topics.ts'
+import { ERRORS, type ErrorCode } from './errors.ts'
+import { TelemetryValue } from './telemetry.ts'
+
+export const DeviceId = Type.String({ pattern: DEVICE_ID_PATTERN, description: 'letters, digits, _ and -, 1–64 characters', examples: ['kitchen-1'] })
+export const EpochMs = Type.Integer({ minimum: 0, description: 'epoch milliseconds' })
+
+export const DeviceParams = Type.Object({ id: DeviceId })
+
+export const Device = Type.Object({
+  id: DeviceId,
+  name: Type.Union([Type.String(), Type.Null()]),
+  ownerId: Type.Union([Type.String(), Type.Null()]),
+  online: Type.Boolean({ description: 'an MQTT session is open now' }),
+  lastSeen: Type.Union([EpochMs, Type.Null()], { description: 'last connect, message or disconnect; written every few seconds' }),
+  createdAt: EpochMs,
+  updatedAt: EpochMs,
+})
+export type DeviceView = Static<typeof Device>
+
+export const DeviceCreate = Type.Object({
+  id: Type.Optional(DeviceId),
+  name: Type.Optional(Type.String({ maxLength: 200 })),
+  ownerId: Type.Optional(Type.String({ maxLength: 200 })),
+}, { additionalProperties: false })
+
+export const MqttLogin = Type.Object({
+  host: Type.String(),
+  port: Type.Integer(),
+  username: Type.String({ description: 'the device id; the MQTT client id must be the device id too' }),
+})
+
+export const DeviceCreated = Type.Object({
+  id: DeviceId,
+  token: Type.String({ description: 'the device token; shown once, stored only as a hash' }),
+  mqtt: MqttLogin,
+})
+
+export const DeviceToken = Type.Object({
+  id: DeviceId,
+  token: Type.String({ description: 'the new device token; the old one stops working and open sessions are closed' }),
+})
+
+export const DevicePatch = Type.Object({
+  name: Type.Optional(Type.Union([Type.String({ maxLength: 200 }), Type.Null()])),
+  ownerId: Type.Optional(Type.Union([Type.String({ maxLength: 200 }), Type.Null()])),
+}, { additionalProperties: false, minProperties: 1 })
+
+export const DeviceListQuery = Type.Object({
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+  after: Type.Optional(DeviceId),
+})
+
+export const DeviceList = Type.Object({
+  items: Type.Array(Device),
+  next: Type.Optional(Type.String({ description: 'pass as `after` for the next page' })),
+})
+
+export const TelemetryLatest = Type.Object({
+  deviceId: DeviceId,
+  values: Type.Record(Type.String(), Type.Object({ ts: EpochMs, value: TelemetryValue }), { description: 'key → its latest value' }),
+})
+
+export const TelemetryLatestQuery = Type.Object({
+  keys: Type.Optional(Type.String({ description: 'comma-separated keys; all keys when absent' })),
+})
+
+export const TelemetryRangeQuery = Type.Object({
+  from: Type.Optional(Type.String({ description: 'epoch ms or ISO 8601; default `to` minus 24 h' })),
+  to: Type.Optional(Type.String({ description: 'epoch ms or ISO 8601, exclusive; default now' })),
+  keys: Type.Optional(Type.String({ description: 'comma-separated keys; all keys when absent' })),
+  interval: Type.Optional(Type.String({ description: 'aggregate per interval: ms, or a duration like 30s, 5m, 1h, 1d' })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000, default: 1000, description: 'rows (raw) or buckets (aggregated) per page' })),
+  cursor: Type.Optional(Type.String({ description: '`next` of the previous page' })),
+})
+
+export const TelemetryRow = Type.Object({ key: Type.String(), ts: EpochMs, value: TelemetryValue })
+export const TelemetryBucket = Type.Object({
+  key: Type.String(),
+  ts: Type.Integer({ description: 'start of the interval' }),
+  min: Type.Union([Type.Number(), Type.Null()]),
+  max: Type.Union([Type.Number(), Type.Null()]),
+  avg: Type.Union([Type.Number(), Type.Null()]),
+  count: Type.Integer({ description: 'readings in the interval, of any type' }),
+})
+
+export const TelemetryRange = Type.Object({
+  deviceId: DeviceId,
+  from: EpochMs,
+  to: EpochMs,
+  interval: Type.Optional(Type.Integer()),
+  rows: Type.Optional(Type.Array(TelemetryRow)),
+  buckets: Type.Optional(Type.Array(TelemetryBucket)),
+  next: Type.Optional(Type.String({ description: 'pass as `cursor` for the next page; absent on the last page' })),
+})
+
+export const TelemetryStored = Type.Object({ stored: Type.Integer({ description: 'rows committed' }) })
+
+export const Health = Type.Object({
+  status: Type.Union([Type.Literal('ok'), Type.Literal('degraded')]),
+  db: Type.Union([Type.Literal('ok'), Type.Literal('down')]),
+  broker: Type.Union([Type.Literal('ok'), Type.Literal('down')]),
+})
+
+/** The error reply of a route, listing exactly the codes that route can answer with. */
+export function errorReply (codes: readonly ErrorCode[]): TSchema {
+  return Type.Object({
+    statusCode: Type.Integer(),
+    // an enum on a string documents the codes; the serializer does not re-check them
+    code: Type.Unsafe<ErrorCode>({ type: 'string', enum: [...codes] }),
+    message: Type.String(),
+  }, { description: codes.map(c => `\`${c}\`: ${ERRORS[c].message}`).join('; ') })
+}
+
+/** Error replies grouped by HTTP status, from a list of codes. */
+export function errorResponses (codes: readonly ErrorCode[]): Record<number, TSchema> {
+  const byStatus = new Map<number, ErrorCode[]>()
+  for (const c of codes) {
+    const s = ERRORS[c].status
+    byStatus.set(s, [...(byStatus.get(s) ?? []), c])
+  }
+  const out: Record<number, TSchema> = {}
+  for (const [status, list] of byStatus) out[status] = errorReply(list)
+  return out
+}
