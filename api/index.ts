@@ -1,6 +1,8 @@
 // The API: Fastify with REST routes, OpenAPI docs, metrics and MQTT over WebSocket, built unstarted.
 
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifySchemaCompiler } from 'fastify'
+import { Ajv } from 'ajv'
+import ajvFormats from 'ajv-formats'
 import fastifySwagger from '@fastify/swagger'
 import fastifySwaggerUi from '@fastify/swagger-ui'
 import fastifyWebsocket from '@fastify/websocket'
@@ -44,6 +46,17 @@ export interface ApiContext {
 // checks the packets themselves. Without this bound `ws` would buffer any frame a client announces.
 const WS_FRAME_SLACK_BYTES = 64 * 1024
 
+// Query strings and path parameters are text, so they are coerced to the schema's types ("5" → 5). JSON
+// bodies are taken as sent: coercing them turned `{"name": null}` into "" and telemetry `null`/`true`/`[5]`
+// into 0/1/5 (a union's first branch wins). The options are otherwise Fastify's defaults.
+function validatorCompiler (): FastifySchemaCompiler<unknown> {
+  const options = { useDefaults: true, removeAdditional: false, allErrors: false, addUsedSchema: false } as const
+  // ajv-formats is CommonJS whose typings declare only a default export; its function is also its own `.default`
+  const body = ajvFormats.default(new Ajv({ ...options, coerceTypes: false }))
+  const text = ajvFormats.default(new Ajv({ ...options, coerceTypes: 'array' }))
+  return ({ schema, httpPart }) => (httpPart === 'body' ? body : text).compile(schema as object)
+}
+
 export async function buildApi (config: Config, deps: ApiDeps): Promise<FastifyInstance> {
   const adminToken = config.auth.adminToken
   if (adminToken === undefined) throw new Error('buildApi needs config.auth.adminToken (resolveSecrets fills it)')
@@ -51,8 +64,8 @@ export async function buildApi (config: Config, deps: ApiDeps): Promise<FastifyI
     loggerInstance: deps.log as FastifyBaseLogger,
     // request ids in logs; never the Authorization header (pino's default request serializer omits headers)
     genReqId: () => Math.random().toString(36).slice(2, 10),
-    ajv: { customOptions: { coerceTypes: 'array', removeAdditional: false } },
   }).withTypeProvider<TypeBoxTypeProvider>()
+  app.setValidatorCompiler(validatorCompiler())
 
   const ctx: ApiContext = {
     db: deps.db,

@@ -111,12 +111,23 @@ export const telemetryRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => a
     return { deviceId: id, from, to, interval, buckets: page.buckets, ...(page.nextTs === undefined ? {} : { next: encodeCursor({ bucket: page.nextTs }) }) }
   })
 
+  // A telemetry body takes the path an MQTT payload takes: parseTelemetry reads the bytes, so every payload
+  // problem is PAYLOAD_INVALID (or PAYLOAD_TOO_LARGE) with the detail the device's errors topic gives,
+  // whichever rule it breaks; the body schema then only sees payloads the parser accepted and stays as the
+  // OpenAPI description. This parser serves this plugin's routes only, and only the POST has a body.
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_request, body, done) => {
+    const parsed = parseTelemetry(body, ctx.telemetryLimits, now())
+    if (!parsed.ok) return done(new RoostError(parsed.code, { detail: parsed.detail, limit: parsed.detail }), undefined)
+    done(null, JSON.parse(body.toString('utf8')))
+  })
+
   const payloadSchema = telemetryPayloadSchema(ctx.telemetryLimits)
   app.post('/v1/devices/:id/telemetry', {
     config: { auth: 'device' },
     bodyLimit: ctx.telemetryLimits.maxPayloadBytes,
     schema: {
       summary: 'Store telemetry over HTTP (for devices that cannot keep MQTT up); same validation and storage as MQTT',
+      description: 'Any problem with the readings is `PAYLOAD_INVALID` (a body over the size limit `PAYLOAD_TOO_LARGE`), with the message the device\'s MQTT `errors` topic gives for the same payload; `VALIDATION_FAILED` is for the request around it (device id, content type).',
       tags: ['telemetry'],
       params: DeviceParams,
       body: payloadSchema,

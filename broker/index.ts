@@ -245,7 +245,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     if (identity.kind === 'device') {
       const params = { action: 'publish to', detail: refusal.detail ?? '', limit: refusal.detail ?? '' }
       const notice = errorNotice(identity.deviceId, packet.topic, refusal.code, params)
-      void platformPublish(notice.topic, notice.payload, { qos: 0 })
+      background(platformPublish(notice.topic, notice.payload, { qos: 0 }), 'error notice')
     }
     done(null)
   }
@@ -299,7 +299,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     const identity = session.identity
     if (identity.kind === 'device') {
       const notice = errorNotice(identity.deviceId, sub.topic, scope, { action: 'subscribe to' })
-      void platformPublish(notice.topic, notice.payload, { qos: 0 })
+      background(platformPublish(notice.topic, notice.payload, { qos: 0 }), 'error notice')
     }
     done(null, null) // SUBACK 0x80
   }
@@ -320,6 +320,15 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
   // ---- connections -----------------------------------------------------------------------------------
 
   let openConnections = 0
+
+  // A publish of the broker's own that nobody awaits; one racing close() fails with "mqemitter is closed",
+  // which must not surface as an unhandled rejection.
+  function background (p: Promise<void>, what: string): void {
+    p.catch((err: unknown) => {
+      if (aedes.closed) log.debug({ err, what }, 'platform publish after close dropped')
+      else log.warn({ err, what }, 'platform publish failed')
+    })
+  }
 
   function violation (client: RoostClient, detail: string): void {
     counters.refuse('PROTOCOL_VIOLATION')
@@ -384,7 +393,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     if (session?.identity.kind !== 'device') return
     const id = session.identity.deviceId
     lastSeen.touch(id, now())
-    void presence.online(id, client)
+    background(presence.online(id, client), 'presence')
     log.info({ deviceId: id }, 'device connected')
   })
 
@@ -393,7 +402,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     if (session?.identity.kind !== 'device') return
     const id = session.identity.deviceId
     lastSeen.touch(id, now())
-    void presence.offline(id, client)
+    background(presence.offline(id, client), 'presence')
     log.info({ deviceId: id }, 'device disconnected')
   })
 

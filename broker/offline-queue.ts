@@ -5,6 +5,7 @@ interface Sub { readonly clientId: string }
 interface Persistence {
   outgoingEnqueue (sub: Sub, packet: unknown): Promise<void>
   outgoingEnqueueCombi (subs: Sub[], packet: unknown): Promise<void>
+  outgoingUpdate (client: { id: string }, packet: unknown): Promise<unknown>
   outgoingClearMessageId (client: { id: string }, packet: unknown): Promise<unknown>
 }
 
@@ -26,6 +27,7 @@ export function boundOfflineQueue<P extends Persistence> (persistence: P, limit:
   }
   const enqueue = persistence.outgoingEnqueue.bind(persistence)
   const enqueueCombi = persistence.outgoingEnqueueCombi.bind(persistence)
+  const update = persistence.outgoingUpdate.bind(persistence)
   const clear = persistence.outgoingClearMessageId.bind(persistence)
   persistence.outgoingEnqueue = async (sub, packet) => {
     if (admit(sub)) await enqueue(sub, packet)
@@ -33,6 +35,17 @@ export function boundOfflineQueue<P extends Persistence> (persistence: P, limit:
   persistence.outgoingEnqueueCombi = async (subs, packet) => {
     const kept = subs.filter(admit)
     if (kept.length > 0) await enqueueCombi(kept, packet)
+  }
+  // A connected client still gets, live, a message the bound kept out of its queue. Aedes then looks the
+  // message up in the queue to record its packet id, and would take "no such packet" as a client error and
+  // cut the connection (a device back online draining a full queue would be cut by any new command). Such a
+  // message goes out unstored instead, at most once, as it would to a clean session.
+  persistence.outgoingUpdate = async (client, packet) => {
+    try {
+      return await update(client, packet)
+    } catch {
+      return undefined
+    }
   }
   persistence.outgoingClearMessageId = async (client, packet) => {
     const removed = await clear(client, packet)

@@ -90,27 +90,43 @@ export interface RangeQuery {
 
 export interface RangePage { readonly rows: LatestValue[], readonly next: RangeCursor | undefined }
 
+// A total order of the readings of one (key, ts), identical readings aside; str in byte order, like keys.
+const VALUE_ORDER = 'num, str COLLATE "C", bool'
+
+// Keys sort by their UTF-8 bytes (COLLATE "C") in SQL and here alike, whatever the database's collation:
+// the cursor logic decides in JS which keys sort after the cursor's.
+function compareKeys (a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b))
+}
+
 /**
  * Raw rows in time order (then key). Each key is read with its own index range scan, already in ts
- * order; Postgres merges them (Merge Append) so the cost follows `limit`, not the device's history.
+ * order and cut at `limit`, so the cost follows `limit`, not the device's history; the few rows they
+ * return are then sorted together.
  */
 export async function telemetryRange (db: Database, q: RangeQuery): Promise<RangePage> {
   const keys = q.keys ?? await deviceKeys(db, q.deviceId)
   if (keys.length === 0) return { rows: [], next: undefined }
   const params: unknown[] = [q.deviceId, q.from, q.to, q.limit + (q.after?.n ?? 0)]
+  // every number is cast: a parameter's type is inferred where it first appears, and inside GREATEST()
+  // that is text (or int4 next to `- 1`), which breaks the comparison with the bigint ts
   const parts = keys.map(key => {
     params.push(key)
     const k = `$${params.length}`
-    let lower = 'ts >= $2'
+    let lower = 'ts >= $2::int8'
     if (q.after !== undefined) {
       // rows at the cursor's ts come after it only for keys sorting after the cursor's key (or equal, minus n)
       params.push(q.after.ts)
-      const t = `$${params.length}`
-      lower = key >= q.after.key ? `ts >= GREATEST($2, ${t})` : `ts > GREATEST($2 - 1, ${t})`
+      const t = `$${params.length}::int8`
+      lower = compareKeys(key, q.after.key) >= 0 ? `ts >= GREATEST($2::int8, ${t})` : `ts > GREATEST($2::int8 - 1, ${t})`
     }
-    return `(SELECT key, ts, num, str, bool FROM telemetry WHERE device_id = $1 AND key = ${k} AND ${lower} AND ts < $3 ORDER BY ts LIMIT $4)`
+    // WITH TIES: readings of one key may share a millisecond, and the cut must not fall inside such a
+    // group, or two queries could keep different members of it; the index scan needs no sort for this
+    return `SELECT key, ts, num, str, bool FROM telemetry WHERE device_id = $1 AND key = ${k} AND ${lower} AND ts < $3::int8 ORDER BY ts FETCH FIRST ($4::int8) ROWS WITH TIES`
   })
-  const sql = parts.join(' UNION ALL ') + ' ORDER BY ts, key LIMIT $4'
+  // Within a group of one (ts, key) the values give the order, so every page agrees on which members
+  // the cursor's `n` skips (identical readings are interchangeable).
+  const sql = `SELECT * FROM (${parts.map(p => `(${p})`).join(' UNION ALL ')}) AS r ORDER BY ts, key COLLATE "C", ${VALUE_ORDER} LIMIT $4::int8`
   let rows = await db.query<ValueColumns & { key: string, ts: number }>(sql, params)
   if (q.after !== undefined) {
     // drop the rows the previous page already returned at exactly the cursor's (ts, key)

@@ -24,9 +24,13 @@ export function telemetryObjectSchema (limits: TelemetryLimits) {
     { ts: Type.Optional(Type.Integer({ minimum: TELEMETRY_TS_MIN, description: 'epoch milliseconds; arrival time when absent' })) },
     {
       additionalProperties: TelemetryValue,
-      minProperties: 1,
-      maxProperties: limits.maxKeys + 1,
-      description: `key → number | string | boolean | null; keys are 1–${TELEMETRY_KEY_MAX} characters`,
+      propertyNames: { minLength: 1, maxLength: TELEMETRY_KEY_MAX },
+      // ts is not a key: 1 to maxKeys keys, with or without a ts (as parseTelemetry counts them)
+      anyOf: [
+        { required: ['ts'], minProperties: 2, maxProperties: limits.maxKeys + 1 },
+        { not: { required: ['ts'] }, minProperties: 1, maxProperties: limits.maxKeys },
+      ],
+      description: `key → number | string | boolean | null; 1–${limits.maxKeys} keys of 1–${TELEMETRY_KEY_MAX} characters besides ts`,
     })
 }
 

@@ -67,7 +67,9 @@ export class PresenceTracker {
   private chain (deviceId: string, step: () => Promise<void>): Promise<void> {
     const next = (this.chains.get(deviceId) ?? Promise.resolve()).then(step, step)
     this.chains.set(deviceId, next)
-    void next.finally(() => { if (this.chains.get(deviceId) === next) this.chains.delete(deviceId) })
+    // then(f, f), not finally: a finally() promise re-rejects and would be an unhandled rejection; callers see `next`'s error
+    const settle = (): void => { if (this.chains.get(deviceId) === next) this.chains.delete(deviceId) }
+    void next.then(settle, settle)
     return next
   }
 }
