@@ -84,6 +84,12 @@ interface Session {
   readCache: Map<string, boolean> | undefined
 }
 
+// the parts of aedes-persistence's session store this file uses beyond the offline-queue bound
+type SessionStore = Parameters<typeof boundOfflineQueue>[0] & {
+  cleanSubscriptions (client: { id: string }): Promise<void>
+  outgoingStream (client: { id: string }): AsyncIterable<unknown>
+}
+
 interface ConnectFacts { readonly clientId: string, readonly clean: boolean, readonly willTopic: string | undefined }
 
 type RoostClient = Client & { [SESSION]?: Session, [CONNECT_FACTS]?: ConnectFacts, _parser: ParserInternals }
@@ -135,7 +141,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
   }
 
   // aedes-persistence is CommonJS whose typings claim an ES default export; at run time the default import is the factory
-  const memory = aedesMemory as unknown as () => Parameters<typeof boundOfflineQueue>[0]
+  const memory = aedesMemory as unknown as () => SessionStore
   const persistence = boundOfflineQueue(memory(), config.broker.offlineQueueLimit, clientId => {
     counters.offlineDropped++
     if (counters.offlineDropped % 1000 === 1) log.warn({ clientId, limit: config.broker.offlineQueueLimit, dropped: counters.offlineDropped }, 'offline queue full; newest QoS 1 messages are dropped')
@@ -437,7 +443,17 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
       log.info({ deviceId, change }, 'closing the device session')
       await new Promise<void>(resolve => client.close(() => resolve()))
     }
-    if (change === 'deleted') await presence.forget(deviceId)
+    if (change === 'deleted') {
+      await presence.forget(deviceId)
+      await forgetSession(deviceId)
+    }
+  }
+
+  /** Drops a deleted device's persistent session, so a new device with the same id starts clean. */
+  async function forgetSession (clientId: string): Promise<void> {
+    const client = { id: clientId }
+    await persistence.cleanSubscriptions(client)
+    for await (const packet of persistence.outgoingStream(client)) await persistence.outgoingClearMessageId(client, packet)
   }
 
   // `roost api` in its own process tells the broker about device changes on roost/control/devices/{id};

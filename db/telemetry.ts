@@ -2,6 +2,7 @@
 
 import type { Database } from './open.ts'
 import type { TelemetryScalar } from '../schemas/telemetry.ts'
+import { HOUR_MS } from '../schemas/db/telemetry.ts'
 
 export interface StoredRow {
   readonly deviceId: string
@@ -10,9 +11,9 @@ export interface StoredRow {
   readonly value: TelemetryScalar
 }
 
-// One statement stores the rows and moves "latest" forward, so a batch is atomic without BEGIN/COMMIT
-// round trips. Parameters are six arrays whatever the batch size (unnest), so the statement text is
-// constant and the server never hits the 65535-parameter limit.
+// One statement stores the rows and moves "latest" and the hourly rollup forward, so a batch is atomic
+// without BEGIN/COMMIT round trips. Parameters are six arrays whatever the batch size (unnest), so the
+// statement text is constant and the server never hits the 65535-parameter limit.
 const INSERT_SQL = `
 WITH input AS (
   SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::float8[], $5::text[], $6::bool[])
@@ -20,6 +21,17 @@ WITH input AS (
 ), stored AS (
   INSERT INTO telemetry (device_id, key, ts, num, str, bool)
   SELECT device_id, key, ts, num, str, bool FROM input
+), hourly AS (
+  INSERT INTO telemetry_hourly AS h (device_id, key, hour, count, num_count, sum, min, max)
+  SELECT device_id, key, ts - ts % ${HOUR_MS}, count(*), count(num), sum(num), min(num), max(num)
+  FROM input GROUP BY 1, 2, 3
+  ON CONFLICT (device_id, key, hour) DO UPDATE SET
+    count = h.count + excluded.count,
+    num_count = h.num_count + excluded.num_count,
+    -- sum is null while an hour has no numeric reading; LEAST/GREATEST already skip nulls
+    sum = CASE WHEN h.sum IS NULL THEN excluded.sum WHEN excluded.sum IS NULL THEN h.sum ELSE h.sum + excluded.sum END,
+    min = LEAST(h.min, excluded.min),
+    max = GREATEST(h.max, excluded.max)
 )
 INSERT INTO telemetry_latest AS l (device_id, key, ts, num, str, bool)
 SELECT DISTINCT ON (device_id, key) device_id, key, ts, num, str, bool
@@ -161,35 +173,74 @@ export interface AggregateQuery {
   readonly to: number
   readonly keys: readonly string[] | undefined
   readonly interval: number
-  readonly limit: number
-  readonly afterTs: number | undefined // page on bucket start
+  readonly limit: number // intervals per page
+  readonly afterTs: number | undefined // the last bucket start of the previous page
 }
 
-/** Per-interval min/max/avg over numeric values and count of readings, buckets aligned to the epoch. */
+type BucketRow = { key: string, bucket: number, min: number | null, max: number | null, avg: number | null, count: number }
+
+/**
+ * Per-interval min/max/avg over numeric values and count of readings, buckets aligned to the epoch.
+ * A page is a time window of `limit` intervals, so it reads only that window; empty windows in sparse
+ * data are skipped to the next reading rather than returned as empty pages.
+ */
 export async function telemetryAggregate (db: Database, q: AggregateQuery): Promise<{ buckets: Bucket[], nextTs: number | undefined }> {
   const keys = q.keys ?? await deviceKeys(db, q.deviceId)
   if (keys.length === 0) return { buckets: [], nextTs: undefined }
-  const from = q.afterTs === undefined ? q.from : Math.max(q.from, q.afterTs + q.interval)
-  const rows = await db.query<{ key: string, bucket: number, min: number | null, max: number | null, avg: number | null, count: number }>(
-    `SELECT key, ts - ts % $5 AS bucket, min(num) AS min, max(num) AS max, avg(num) AS avg, count(*) AS count
-     FROM telemetry WHERE device_id = $1 AND key = ANY($2::text[]) AND ts >= $3 AND ts < $4
-     GROUP BY key, bucket ORDER BY bucket, key LIMIT $6`,
-    // one more bucket's worth than the page, to know whether a next page exists
-    [q.deviceId, keys, from, q.to, q.interval, (q.limit + 1) * keys.length])
-  // a page ends on a whole bucket so no interval is split across pages
-  const buckets: Bucket[] = []
-  let nextTs: number | undefined
-  for (const r of rows) {
-    const ts = Number(r.bucket)
-    if (buckets.length >= q.limit && ts !== buckets[buckets.length - 1]!.ts) { nextTs = buckets[buckets.length - 1]!.ts; break }
-    buckets.push({
-      key: r.key,
-      ts,
-      min: r.min === null ? null : Number(r.min),
-      max: r.max === null ? null : Number(r.max),
-      avg: r.avg === null ? null : Number(r.avg),
-      count: Number(r.count),
-    })
+  const bucketOf = (ts: number): number => ts - (ts % q.interval)
+  let start = q.afterTs === undefined ? q.from : Math.max(q.from, q.afterTs + q.interval)
+  for (;;) {
+    if (start >= q.to) return { buckets: [], nextTs: undefined }
+    const end = Math.min(q.to, bucketOf(start) + q.limit * q.interval)
+    const rows = await aggregateWindow(db, q.deviceId, keys, start, end, q.interval)
+    const nextTs = end < q.to ? end - q.interval : undefined
+    if (rows.length > 0 || nextTs === undefined) return { buckets: rows.map(toBucket), nextTs }
+    const next = await nextReading(db, q.deviceId, keys, end, q.to)
+    if (next === undefined) return { buckets: [], nextTs: undefined }
+    start = bucketOf(next)
   }
-  return { buckets, nextTs }
+}
+
+function toBucket (r: BucketRow): Bucket {
+  return {
+    key: r.key,
+    ts: Number(r.bucket),
+    min: r.min === null ? null : Number(r.min),
+    max: r.max === null ? null : Number(r.max),
+    avg: r.avg === null ? null : Number(r.avg),
+    count: Number(r.count),
+  }
+}
+
+async function aggregateWindow (db: Database, deviceId: string, keys: readonly string[], from: number, to: number, interval: number): Promise<BucketRow[]> {
+  const firstHour = Math.ceil(from / HOUR_MS) * HOUR_MS
+  const lastHour = Math.floor(to / HOUR_MS) * HOUR_MS
+  if (interval % HOUR_MS !== 0 || firstHour >= lastHour) {
+    return await db.query<BucketRow>(
+      `SELECT key, ts - ts % $5::int8 AS bucket, min(num) AS min, max(num) AS max, avg(num) AS avg, count(*) AS count
+       FROM telemetry WHERE device_id = $1 AND key = ANY($2::text[]) AND ts >= $3::int8 AND ts < $4::int8
+       GROUP BY key, bucket ORDER BY bucket, key COLLATE "C"`,
+      [deviceId, keys, from, to, interval])
+  }
+  // whole hours from the rollup; the partial hours at either edge from the readings themselves
+  return await db.query<BucketRow>(
+    `SELECT key, bucket, min(mn) AS min, max(mx) AS max, sum(sm) / NULLIF(sum(nc), 0) AS avg, sum(cnt) AS count FROM (
+       SELECT key, hour - hour % $5::int8 AS bucket, min AS mn, max AS mx, sum AS sm, num_count AS nc, count AS cnt
+       FROM telemetry_hourly WHERE device_id = $1 AND key = ANY($2::text[]) AND hour >= $6::int8 AND hour < $7::int8
+       UNION ALL
+       SELECT key, ts - ts % $5::int8, num, num, num, CASE WHEN num IS NULL THEN 0 ELSE 1 END, 1
+       FROM telemetry WHERE device_id = $1 AND key = ANY($2::text[])
+         AND ((ts >= $3::int8 AND ts < $6::int8) OR (ts >= $7::int8 AND ts < $4::int8))
+     ) AS parts GROUP BY key, bucket ORDER BY bucket, key COLLATE "C"`,
+    [deviceId, keys, from, to, interval, firstHour, lastHour])
+}
+
+/** The time of the first reading of any of `keys` in [from, to): one index probe per key. */
+async function nextReading (db: Database, deviceId: string, keys: readonly string[], from: number, to: number): Promise<number | undefined> {
+  const rows = await db.query<{ ts: number | null }>(
+    `SELECT min((SELECT ts FROM telemetry t WHERE t.device_id = $1 AND t.key = k.key AND t.ts >= $3::int8 AND t.ts < $4::int8 ORDER BY ts LIMIT 1)) AS ts
+     FROM unnest($2::text[]) AS k(key)`,
+    [deviceId, keys, from, to])
+  const ts = rows[0]?.ts
+  return ts === null || ts === undefined ? undefined : Number(ts)
 }

@@ -162,4 +162,31 @@ describe('offline queue bound', () => {
       await device.endAsync(true)
     }
   })
+  it('deleting a device drops its persistent session: a new device with the same id starts with no subscriptions and no queued commands', async () => {
+    const id = 'reborn'
+    const oldToken = await roost.addDevice(id)
+    const setup = await roost.connectDevice(id, oldToken, { clean: false })
+    await setup.subscribeAsync(`devices/${id}/commands/+`, { qos: 1 })
+    await setup.endAsync()
+    await waitOffline(id)
+    const service = await roost.connect({ clientId: 'svc-reborn', username: 'service:commander', password: roost.serviceToken })
+    for (let i = 1; i <= 3; i++) await service.publishAsync(`devices/${id}/commands/old${i}`, '{"name":"unlock"}', { qos: 1 })
+
+    expect((await roost.request('DELETE', `/v1/devices/${id}`)).status).toBe(204)
+    const newToken = await roost.addDevice(id)
+    const received: string[] = []
+    const device = mqtt.connect(roost.mqttUrl, { clientId: id, username: id, password: newToken, clean: false, reconnectPeriod: 0 })
+    device.on('message', topic => { received.push(topic) })
+    try {
+      const sessionPresent = await new Promise<boolean>((resolve, reject) => {
+        device.once('connect', connack => resolve(connack.sessionPresent))
+        device.once('error', reject)
+      })
+      expect(sessionPresent).toBe(false) // [MQTT-3.2.2-3] no session was kept for this client id
+      await sleep(500)
+      expect(received).toEqual([])
+    } finally {
+      await device.endAsync(true)
+    }
+  })
 })
