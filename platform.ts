@@ -6,6 +6,7 @@ import type { Logger } from 'pino'
 import { Registry, collectDefaultMetrics } from 'prom-client'
 import type { Config } from './schemas/config.ts'
 import { openDatabase, type Database } from './db/open.ts'
+import { scheduleMaintenance } from './db/maintenance.ts'
 import { buildBroker, type Broker } from './broker/index.ts'
 import { buildApi } from './api/index.ts'
 import type { BrokerPort } from './api/broker-port.ts'
@@ -38,6 +39,7 @@ export function localBrokerPort (broker: Broker): BrokerPort {
 export async function startPlatform (config: Config, log: Logger, parts: readonly Part[] = ['broker', 'api']): Promise<Platform> {
   const db = await openDatabase({ url: config.db.url, dataDir: config.dataDir })
   log.info({ database: db.kind === 'pglite' ? `embedded PGlite in ${config.dataDir}` : 'Postgres server' }, 'database ready')
+  const stopMaintenance = scheduleMaintenance(db, log)
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'roost_process_' })
 
@@ -65,6 +67,7 @@ export async function startPlatform (config: Config, log: Logger, parts: readonl
     await api?.close().catch(() => {})
     await broker?.close().catch(() => {})
     await port?.close().catch(() => {})
+    stopMaintenance()
     await db.close().catch(() => {})
     throw err
   }
@@ -80,6 +83,7 @@ export async function startPlatform (config: Config, log: Logger, parts: readonl
       await api?.close()
       await port?.close()
       await broker?.close()
+      stopMaintenance()
       await db.close()
     },
   }

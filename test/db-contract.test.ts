@@ -8,6 +8,8 @@ import { fileURLToPath } from 'node:url'
 import postgres from 'postgres'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { openDatabase, type Database } from '../db/open.ts'
+import { maintain } from '../db/maintenance.ts'
+import { createLogger } from '../log.ts'
 import {
   createDevice, deleteDevice, deviceByTokenHash, getDevice, hashToken, listDevices, rotateDeviceToken, tokenMatches,
   updateDevice, writeLastSeen,
@@ -472,6 +474,14 @@ function dbContract (name: string, startBackend: () => Promise<Backend>, skipRea
         const third = await telemetryAggregate(db, { ...q, afterTs: second.nextTs })
         expect(third.buckets.map(b => b.min)).toEqual([3])
         expect(third.nextTs === undefined || (await telemetryAggregate(db, { ...q, afterTs: third.nextTs })).buckets.length === 0).toBe(true)
+      })
+
+      it('maintenance (vacuum and statistics) runs on a live database and leaves the data as it was', async () => {
+        const before = await telemetryAggregate(db, { deviceId: DEVICE, from: T0, to: T0 + 30 * HOUR, keys: undefined, interval: HOUR, limit: 1000, afterTs: undefined })
+        await maintain(db, createLogger('silent'))
+        const stats = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_stats WHERE tablename = 'telemetry_hourly'")
+        expect(Number(stats[0]!.n)).toBeGreaterThan(0)
+        expect(await telemetryAggregate(db, { deviceId: DEVICE, from: T0, to: T0 + 30 * HOUR, keys: undefined, interval: HOUR, limit: 1000, afterTs: undefined })).toEqual(before)
       })
 
       it('deleting a device removes its rollup too', async () => {
