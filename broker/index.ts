@@ -16,13 +16,14 @@ import { errorMessage } from '../schemas/errors.ts'
 import type { Family } from '../schemas/topics.ts'
 import { FAMILIES, isDeviceId, parseTopic } from '../schemas/topics.ts'
 import type { Database } from '../db/open.ts'
-import { allDeviceIds, getDevice, writeLastSeen } from '../db/devices.ts'
+import { allDeviceIds, deviceCredentials, writeLastSeen } from '../db/devices.ts'
 import { insertTelemetry } from '../db/telemetry.ts'
 import { decideLogin, describeIdentity, type DeviceCredential, type Identity } from './identity.ts'
 import { decidePublish, decideRead, decideSubscribe, type Decision, type FamilyRule, type FamilyTable, type Refusal } from './acl.ts'
 import { connectProblem, mqttStringProblem, packetProblem } from './conformance.ts'
 import { CONNACK_UNSUPPORTED_LEVEL, PacketFramer } from './packet-guard.ts'
 import { GroupCommitter } from './ingest.ts'
+import { DeviceCredentials } from './credentials.ts'
 import { LastSeen } from './last-seen.ts'
 import { boundOfflineQueue } from './offline-queue.ts'
 import { BrokerCounters, registerBrokerMetrics, type FlowKey } from './metrics.ts'
@@ -104,8 +105,6 @@ interface ParserInternals {
 // Per-connection decision caches: a device publishes to a handful of topics; a service may address
 // thousands of devices, so the cache is dropped when it grows past this instead of growing forever.
 const DECISION_CACHE_MAX = 512
-// Device credentials cached across logins; a flood of unknown ids clears it rather than growing it.
-const DEVICE_CACHE_MAX = 100_000
 // A refused client that does not close after our CONNACK is cut off after this.
 const REFUSAL_LINGER_MS = 1000
 
@@ -130,15 +129,8 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     ...errorRules,
   }
 
-  const deviceCache = new Map<string, DeviceCredential | null>()
-  async function lookupDevice (id: string): Promise<DeviceCredential | undefined> {
-    const cached = deviceCache.get(id)
-    if (cached !== undefined) return cached ?? undefined
-    const row = await getDevice(db, id)
-    if (deviceCache.size >= DEVICE_CACHE_MAX) deviceCache.clear()
-    deviceCache.set(id, row === undefined ? null : { tokenHash: row.tokenHash })
-    return row === undefined ? undefined : { tokenHash: row.tokenHash }
-  }
+  const credentials = new DeviceCredentials(ids => deviceCredentials(db, ids))
+  const lookupDevice = (id: string): Promise<DeviceCredential | undefined> => credentials.lookup(id)
 
   // aedes-persistence is CommonJS whose typings claim an ES default export; at run time the default import is the factory
   const memory = aedesMemory as unknown as () => SessionStore
@@ -436,7 +428,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
   // ---- control from a separate api process ------------------------------------------------------------
 
   async function deviceChanged (deviceId: string, change: DeviceChange): Promise<void> {
-    deviceCache.delete(deviceId)
+    credentials.forget(deviceId)
     if (change === 'changed') return
     const client = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients[deviceId]
     if (client !== undefined) {

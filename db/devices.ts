@@ -95,3 +95,9 @@ export async function deviceByTokenHash (db: Database, tokenHash: string): Promi
   const rows = await db.orm.select().from(devices).where(eq(devices.tokenHash, tokenHash)).limit(1)
   return rows[0]
 }
+
+/** Token hashes of the given devices, in one statement (login lookups are grouped). */
+export async function deviceCredentials (db: Database, ids: readonly string[]): Promise<Map<string, { tokenHash: string }>> {
+  const rows = await db.query<{ id: string, token_hash: string }>('SELECT id, token_hash FROM devices WHERE id = ANY($1::text[])', [ids])
+  return new Map(rows.map(r => [r.id, { tokenHash: r.token_hash }]))
+}
