@@ -24,6 +24,7 @@ import { connectProblem, mqttStringProblem, packetProblem } from './conformance.
 import { CONNACK_UNSUPPORTED_LEVEL, PacketFramer } from './packet-guard.ts'
 import { GroupCommitter } from './ingest.ts'
 import { DeviceCredentials } from './credentials.ts'
+import { createMq } from './mq.ts'
 import { LastSeen } from './last-seen.ts'
 import { boundOfflineQueue } from './offline-queue.ts'
 import { BrokerCounters, registerBrokerMetrics, type FlowKey } from './metrics.ts'
@@ -140,6 +141,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
   })
 
   const aedes = new Aedes({
+    mq: createMq(),
     persistence,
     preConnect,
     authenticate,
