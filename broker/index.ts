@@ -339,8 +339,33 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
   function handle (stream: Duplex, req?: IncomingMessage): void {
     openConnections++
     stream.once('close', () => { openConnections-- })
+    coalesceWrites(stream)
     const client = aedes.handle(stream, req) as RoostClient
     guard(client, stream)
+  }
+
+  /**
+   * Aedes writes each delivered message on its own: it delivers every message in its own setImmediate and
+   * mqtt-packet corks the socket only until the next tick, so a busy subscriber cost one writev system
+   * call per message (~30% of the broker's CPU when relaying). Corking from a connection's first write in
+   * an event-loop turn until that turn's deliveries have run sends them in one writev; an idle connection's
+   * single message leaves in the same turn.
+   */
+  function coalesceWrites (stream: Duplex): void {
+    let corked = false
+    const uncork = (): void => {
+      corked = false
+      stream.uncork()
+    }
+    const write = stream.write
+    stream.write = function coalescedWrite (this: Duplex, ...args: Parameters<Duplex['write']>): boolean {
+      if (!corked) {
+        corked = true
+        stream.cork()
+        setImmediate(uncork)
+      }
+      return write.apply(this, args)
+    } as Duplex['write']
   }
 
   /** Puts the byte framer in front of the parser and the packet checks in front of Aedes' handler. */
