@@ -106,6 +106,12 @@ interface ParserInternals {
 // Per-connection decision caches: a device publishes to a handful of topics; a service may address
 // thousands of devices, so the cache is dropped when it grows past this instead of growing forever.
 const DECISION_CACHE_MAX = 512
+// Telemetry statements committing at once on a Postgres server: enough to keep the server busy while the
+// broker prepares the next batch, few enough that they rarely wait on each other's row locks
+const INGEST_STATEMENTS_IN_FLIGHT = 3
+// rows per embedded-database transaction: COPY costs ~25% less per row at 20,000 than at 5,000, and a
+// batch that size commits in ~0.15 s, a bound on the added acknowledgement delay under full load
+const PGLITE_BATCH_ROWS = 20_000
 // A refused client that does not close after our CONNACK is cut off after this.
 const REFUSAL_LINGER_MS = 1000
 
@@ -116,7 +122,11 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
   if (serviceToken === undefined) throw new Error('buildBroker needs config.auth.serviceToken (resolveSecrets fills it)')
 
   const counters = new BrokerCounters()
-  const committer = new GroupCommitter({ write: rows => insertTelemetry(db, rows), log })
+  // a Postgres server works on several statements at once; PGlite runs them one by one on our thread,
+  // where fewer, larger COPYs cost less per row
+  const committer = new GroupCommitter(db.kind === 'postgres'
+    ? { write: rows => insertTelemetry(db, rows), log, maxInFlight: INGEST_STATEMENTS_IN_FLIGHT }
+    : { write: rows => insertTelemetry(db, rows), log, maxInFlight: 1, maxBatchRows: PGLITE_BATCH_ROWS })
   const lastSeen = new LastSeen(seen => writeLastSeen(db, seen), config.lastSeenFlushMs, log)
 
   const table: FamilyTable = {

@@ -25,6 +25,9 @@ export interface GroupCommitterOptions {
   // QoS 0 rows that may wait; beyond this they are dropped and counted (QoS 1 is never dropped: its
   // publisher is paused until its rows commit, which bounds it)
   readonly maxPendingRows?: number
+  // statements committing at once: a server database overlaps them on its own cores; an embedded one
+  // runs on our thread, where a second statement would only wait
+  readonly maxInFlight?: number
   readonly retryMinMs?: number
   readonly retryMaxMs?: number
   readonly sleep?: (ms: number) => Promise<void>
@@ -42,7 +45,13 @@ export class GroupCommitter {
   private readonly opts: Required<Omit<GroupCommitterOptions, 'log' | 'write'>> & Pick<GroupCommitterOptions, 'log' | 'write'>
   private queue: Pending[] = []
   private queuedRows = 0
-  private running = false
+  private scheduled = false
+  private inFlight = 0
+  // batches are numbered as they start and acknowledged in that order, whichever commits first:
+  // a publisher's PUBACKs must go out in the order of its PUBLISHes [MQTT-4.6.0-2]
+  private started = 0
+  private acknowledged = 0
+  private readonly committed = new Map<number, Pending[]>()
   private failingSince: number | undefined
   private idleWaiters: Array<() => void> = []
 
@@ -50,6 +59,7 @@ export class GroupCommitter {
     this.opts = {
       maxBatchRows: DEFAULT_MAX_BATCH_ROWS,
       maxPendingRows: DEFAULT_MAX_PENDING_ROWS,
+      maxInFlight: 1,
       retryMinMs: DEFAULT_RETRY_MIN_MS,
       retryMaxMs: DEFAULT_RETRY_MAX_MS,
       sleep: ms => new Promise(resolve => setTimeout(resolve, ms)),
@@ -78,17 +88,20 @@ export class GroupCommitter {
     }
     this.queue.push({ rows, done })
     this.queuedRows += rows.length
-    if (!this.running) {
-      this.running = true
+    if (!this.scheduled && this.inFlight < this.opts.maxInFlight) {
+      this.scheduled = true
       // wait for the rest of this I/O turn so every publish parsed from the same reads joins the batch
-      setImmediate(() => { void this.run() })
+      setImmediate(() => {
+        this.scheduled = false
+        this.launch()
+      })
     }
     return true
   }
 
   /** Resolves when everything queued so far has committed (used at shutdown). */
   async idle (): Promise<void> {
-    if (!this.running && this.queue.length === 0) return
+    if (this.inFlight === 0 && this.queue.length === 0) return
     await new Promise<void>(resolve => this.idleWaiters.push(resolve))
   }
 
@@ -105,17 +118,32 @@ export class GroupCommitter {
     return batch
   }
 
-  private async run (): Promise<void> {
-    while (this.queue.length > 0) {
+  /** Starts batches while there is room; each start takes everything queued (up to a batch). */
+  private launch (): void {
+    while (this.inFlight < this.opts.maxInFlight && this.queue.length > 0) {
       const batch = this.takeBatch()
       const rows = batch.length === 1 ? batch[0]!.rows : batch.flatMap(p => p.rows)
-      await this.commit(rows)
+      const n = this.started++
+      this.inFlight++
+      void this.commit(rows).then(() => {
+        this.inFlight--
+        this.committed.set(n, batch)
+        this.acknowledgeInOrder()
+        this.launch()
+      })
+    }
+    if (this.inFlight === 0 && this.queue.length === 0) {
+      const waiters = this.idleWaiters
+      this.idleWaiters = []
+      for (const w of waiters) w()
+    }
+  }
+
+  private acknowledgeInOrder (): void {
+    for (let batch = this.committed.get(this.acknowledged); batch !== undefined; batch = this.committed.get(this.acknowledged)) {
+      this.committed.delete(this.acknowledged++)
       for (const p of batch) p.done?.()
     }
-    this.running = false
-    const waiters = this.idleWaiters
-    this.idleWaiters = []
-    for (const w of waiters) w()
   }
 
   /** Writes one batch, retrying with backoff until it commits: acknowledged data is never given up. */

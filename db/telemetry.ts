@@ -11,55 +11,136 @@ export interface StoredRow {
   readonly value: TelemetryScalar
 }
 
-// One statement stores the rows and moves "latest" and the hourly rollup forward, so a batch is atomic
-// without BEGIN/COMMIT round trips. Parameters are six arrays whatever the batch size (unnest), so the
-// statement text is constant and the server never hits the 65535-parameter limit.
-const INSERT_SQL = `
-WITH input AS (
-  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::float8[], $5::text[], $6::bool[])
-    WITH ORDINALITY AS t(device_id, key, ts, num, str, bool, ord)
-), stored AS (
-  INSERT INTO telemetry (device_id, key, ts, num, str, bool)
-  SELECT device_id, key, ts, num, str, bool FROM input
-), hourly AS (
+// Latest values and the hourly rollup are grouped here, in JavaScript, before they reach the database:
+// the statements then only upsert one row per (device, key) and per (device, key, hour) of the batch,
+// instead of sorting and grouping every row in SQL. Parameters are arrays whatever the batch size
+// (unnest), so statement texts are constant and never hit the 65535-parameter limit.
+const UPSERT_ROLLUP = `
   INSERT INTO telemetry_hourly AS h (device_id, key, hour, count, num_count, sum, min, max)
-  SELECT device_id, key, ts - ts % ${HOUR_MS}, count(*), count(num), sum(num), min(num), max(num)
-  FROM input GROUP BY 1, 2, 3
+  SELECT * FROM unnest($7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::float8[], $13::float8[], $14::float8[])
   ON CONFLICT (device_id, key, hour) DO UPDATE SET
     count = h.count + excluded.count,
     num_count = h.num_count + excluded.num_count,
     -- sum is null while an hour has no numeric reading; LEAST/GREATEST already skip nulls
     sum = CASE WHEN h.sum IS NULL THEN excluded.sum WHEN excluded.sum IS NULL THEN h.sum ELSE h.sum + excluded.sum END,
     min = LEAST(h.min, excluded.min),
-    max = GREATEST(h.max, excluded.max)
-)
-INSERT INTO telemetry_latest AS l (device_id, key, ts, num, str, bool)
-SELECT DISTINCT ON (device_id, key) device_id, key, ts, num, str, bool
-FROM input ORDER BY device_id, key, ts DESC, ord DESC
-ON CONFLICT (device_id, key) DO UPDATE
-  SET ts = excluded.ts, num = excluded.num, str = excluded.str, bool = excluded.bool
-  WHERE excluded.ts >= l.ts`
+    max = GREATEST(h.max, excluded.max)`
+const UPSERT_LATEST = `
+  INSERT INTO telemetry_latest AS l (device_id, key, ts, num, str, bool)
+  SELECT * FROM unnest($15::text[], $16::text[], $17::int8[], $18::float8[], $19::text[], $20::bool[])
+  ON CONFLICT (device_id, key) DO UPDATE
+    SET ts = excluded.ts, num = excluded.num, str = excluded.str, bool = excluded.bool
+    WHERE excluded.ts >= l.ts`
+
+// Postgres server: one statement stores the rows and advances rollup and latest, atomic without a
+// BEGIN/COMMIT round trip. The groups arrive sorted, so concurrent batches lock rows in one order.
+const INSERT_SQL = `
+WITH stored AS (
+  INSERT INTO telemetry (device_id, key, ts, num, str, bool)
+  SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::float8[], $5::text[], $6::bool[])
+), hourly AS (${UPSERT_ROLLUP}
+)${UPSERT_LATEST}`
+
+// Embedded PGlite: COPY the rows, then the two upserts, in one transaction (parameters renumbered from $1).
+const COPY_SQL = "COPY telemetry (device_id, key, ts, num, str, bool) FROM '/dev/blob'"
+const renumber = (sql: string, by: number): string => sql.replace(/\$(\d+)/g, (_m, n: string) => `$${Number(n) - by}`)
+const UPSERT_ROLLUP_ALONE = renumber(UPSERT_ROLLUP, 6)
+const UPSERT_LATEST_ALONE = renumber(UPSERT_LATEST, 14)
+
+// booleans travel as 't'/'f': postgres.js types an array whose first element is a boolean as a scalar
+// boolean, which the ::bool[] cast then refuses; text converts on both drivers
+interface Columns { ids: string[], keys: string[], ts: number[], nums: Array<number | null>, strs: Array<string | null>, bools: Array<'t' | 'f' | null> }
+
+function columns (rows: readonly StoredRow[]): Columns {
+  const c: Columns = { ids: [], keys: [], ts: [], nums: [], strs: [], bools: [] }
+  for (const r of rows) {
+    const v = r.value
+    c.ids.push(r.deviceId)
+    c.keys.push(r.key)
+    c.ts.push(r.ts)
+    c.nums.push(typeof v === 'number' ? v : null)
+    c.strs.push(typeof v === 'string' ? v : null)
+    c.bools.push(typeof v === 'boolean' ? (v ? 't' : 'f') : null)
+  }
+  return c
+}
+
+interface HourGroup { deviceId: string, key: string, hour: number, count: number, numCount: number, sum: number | null, min: number | null, max: number | null }
+
+interface KeyGroups { latest: StoredRow, hours: Map<number, HourGroup> }
+
+/** The batch's contribution to each (device, key, hour) of the rollup, and its newest value per (device, key). */
+function groups (rows: readonly StoredRow[]): { hours: HourGroup[], latest: StoredRow[] } {
+  // nested maps rather than concatenated string keys: no allocation per row on this hot path
+  const byDevice = new Map<string, Map<string, KeyGroups>>()
+  for (const r of rows) {
+    let byKey = byDevice.get(r.deviceId)
+    if (byKey === undefined) byDevice.set(r.deviceId, byKey = new Map())
+    let k = byKey.get(r.key)
+    if (k === undefined) byKey.set(r.key, k = { latest: r, hours: new Map() })
+    else if (r.ts >= k.latest.ts) k.latest = r // a later reading of the same ms wins
+    const hour = r.ts - (r.ts % HOUR_MS)
+    let g = k.hours.get(hour)
+    if (g === undefined) k.hours.set(hour, g = { deviceId: r.deviceId, key: r.key, hour, count: 0, numCount: 0, sum: null, min: null, max: null })
+    g.count++
+    const v = r.value
+    if (typeof v === 'number') {
+      g.numCount++
+      g.sum = g.sum === null ? v : g.sum + v
+      g.min = g.min === null || v < g.min ? v : g.min
+      g.max = g.max === null || v > g.max ? v : g.max
+    }
+  }
+  // sorted by device, key and hour, so concurrent batches lock rows in one order
+  const hours: HourGroup[] = []
+  const latest: StoredRow[] = []
+  for (const deviceId of [...byDevice.keys()].sort()) {
+    const byKey = byDevice.get(deviceId) as Map<string, KeyGroups>
+    for (const key of [...byKey.keys()].sort()) {
+      const k = byKey.get(key) as KeyGroups
+      latest.push(k.latest)
+      for (const hour of [...k.hours.keys()].sort((x, y) => x - y)) hours.push(k.hours.get(hour) as HourGroup)
+    }
+  }
+  return { hours, latest }
+}
+
+function upsertParams (rows: readonly StoredRow[]): unknown[] {
+  const { hours, latest } = groups(rows)
+  const l = columns(latest)
+  return [
+    hours.map(h => h.deviceId), hours.map(h => h.key), hours.map(h => h.hour), hours.map(h => h.count),
+    hours.map(h => h.numCount), hours.map(h => h.sum), hours.map(h => h.min), hours.map(h => h.max),
+    l.ids, l.keys, l.ts, l.nums, l.strs, l.bools,
+  ]
+}
+
+// COPY text format: tab-separated, \N for null; backslash, tab, newline and carriage return escaped
+function copyText (s: string): string {
+  return /[\\\t\n\r]/.test(s) ? s.replace(/[\\\t\n\r]/g, c => (c === '\\' ? '\\\\' : c === '\t' ? '\\t' : c === '\n' ? '\\n' : '\\r')) : s
+}
+
+function copyRows (rows: readonly StoredRow[]): string {
+  let out = ''
+  for (const r of rows) {
+    const v = r.value
+    const num = typeof v === 'number' ? String(v) : '\\N'
+    const str = typeof v === 'string' ? copyText(v) : '\\N'
+    const bool = typeof v === 'boolean' ? (v ? 't' : 'f') : '\\N'
+    out += `${r.deviceId}\t${copyText(r.key)}\t${r.ts}\t${num}\t${str}\t${bool}\n`
+  }
+  return out
+}
 
 export async function insertTelemetry (db: Database, rows: readonly StoredRow[]): Promise<void> {
   if (rows.length === 0) return
-  const n = rows.length
-  const ids = new Array<string>(n)
-  const keys = new Array<string>(n)
-  const ts = new Array<number>(n)
-  const nums = new Array<number | null>(n)
-  const strs = new Array<string | null>(n)
-  const bools = new Array<boolean | null>(n)
-  for (let i = 0; i < n; i++) {
-    const r = rows[i] as StoredRow
-    ids[i] = r.deviceId
-    keys[i] = r.key
-    ts[i] = r.ts
-    const v = r.value
-    nums[i] = typeof v === 'number' ? v : null
-    strs[i] = typeof v === 'string' ? v : null
-    bools[i] = typeof v === 'boolean' ? v : null
+  const upserts = upsertParams(rows)
+  if (db.copyThen !== undefined) {
+    await db.copyThen(COPY_SQL, copyRows(rows), [[UPSERT_ROLLUP_ALONE, upserts.slice(0, 8)], [UPSERT_LATEST_ALONE, upserts.slice(8)]])
+    return
   }
-  await db.query(INSERT_SQL, [ids, keys, ts, nums, strs, bools])
+  const c = columns(rows)
+  await db.query(INSERT_SQL, [c.ids, c.keys, c.ts, c.nums, c.strs, c.bools, ...upserts])
 }
 
 interface ValueColumns { num: number | null, str: string | null, bool: boolean | null }

@@ -224,6 +224,18 @@ function dbContract (name: string, startBackend: () => Promise<Backend>, skipRea
       })
     })
 
+    describe('values that COPY text format must escape', () => {
+      it('keys and strings with tabs, newlines, carriage returns, backslashes and \\N are stored exactly', async () => {
+        const tricky = ['tab\there', 'line\nbreak', 'cr\rhere', 'back\\slash', '\\N', 'end\\', 'ünïcødé ✓', '']
+        const stored = tricky.map((v, i) => row('escapes', `k${i}\t${v.slice(0, 8)}`, T0 + i, v))
+        await insertTelemetry(db, stored)
+        const latest = await latestTelemetry(db, 'escapes')
+        expect(new Map(latest.map(l => [l.key, l.value]))).toEqual(new Map(stored.map(r => [r.key, r.value])))
+        const { rows } = await telemetryRange(db, { deviceId: 'escapes', from: T0, to: T0 + 100, keys: undefined, limit: 100, after: undefined })
+        expect(rows.map(r => r.value)).toEqual(tricky)
+      })
+    })
+
     describe('latest telemetry', () => {
       it('keeps each key\'s newest reading and round-trips numbers, strings, booleans and null', async () => {
         await insertTelemetry(db, [
