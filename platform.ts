@@ -8,9 +8,7 @@ import type { Config } from './schemas/config.ts'
 import { openDatabase, type Database } from './db/open.ts'
 import { scheduleMaintenance } from './db/maintenance.ts'
 import { buildBroker, type Broker } from './broker/index.ts'
-import { buildApi } from './api/index.ts'
 import type { BrokerPort } from './api/broker-port.ts'
-import { connectRemoteBroker } from './api/remote-broker.ts'
 
 export type Part = 'broker' | 'api'
 
@@ -55,9 +53,11 @@ export async function startPlatform (config: Config, log: Logger, parts: readonl
       if (listening.mqttsPort !== undefined) ports.mqtts = listening.mqttsPort
     }
     if (parts.includes('api')) {
+      // loaded only here: a broker-only process should not carry Fastify, Swagger and their schemas
+      const { buildApi } = await import('./api/index.ts')
       port = broker !== undefined
         ? localBrokerPort(broker)
-        : await connectRemoteBroker({ url: config.broker.url, serviceToken: config.auth.serviceToken as string, db, log })
+        : await (await import('./api/remote-broker.ts')).connectRemoteBroker({ url: config.broker.url, serviceToken: config.auth.serviceToken as string, db, log })
       api = await buildApi(config, { db, log: log.child({ part: 'api' }), registry, broker: port, mqttPort: ports.mqtt })
       await api.listen({ port: config.http.port, host: config.http.host })
       const address = api.server.address()

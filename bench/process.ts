@@ -3,7 +3,6 @@
 
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { cpus } from 'node:os'
 import { fileURLToPath } from 'node:url'
 
@@ -184,16 +183,8 @@ export function rssBytes (pid: number): number {
   return Number(m[1]) * 1024
 }
 
-export function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    })
-  })
-}
+// one port picker for tests and benchmarks (see its comment: ports below the ephemeral range)
+export { freePort } from '../test/postgres.ts'
 
 export function sleep (ms: number): Promise<void> {
   return new Promise(resolve => setTimeout(resolve, ms))

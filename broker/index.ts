@@ -16,7 +16,7 @@ import { errorMessage } from '../schemas/errors.ts'
 import type { Family } from '../schemas/topics.ts'
 import { FAMILIES, isDeviceId, parseTopic } from '../schemas/topics.ts'
 import type { Database } from '../db/open.ts'
-import { allDeviceIds, deviceCredentials, writeLastSeen } from '../db/devices.ts'
+import { allDevices, deviceCredentials, writeLastSeen } from '../db/devices.ts'
 import { insertTelemetry } from '../db/telemetry.ts'
 import { decideLogin, describeIdentity, type DeviceCredential, type Identity } from './identity.ts'
 import { decidePublish, decideRead, decideSubscribe, type Decision, type FamilyRule, type FamilyTable, type Refusal } from './acl.ts'
@@ -81,7 +81,8 @@ interface CachedPublish {
 
 interface Session {
   readonly identity: Identity
-  readonly publishCache: Map<string, CachedPublish>
+  // created at the first publish: most connections of a fleet sit idle and never need one
+  publishCache: Map<string, CachedPublish> | undefined
   // present once the client holds a narrowed wildcard subscription: each delivery is checked, per topic once
   readCache: Map<string, boolean> | undefined
 }
@@ -190,7 +191,8 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
         if (!result.ok) return refuse(result.returnCode, result.code)
         // a will is a publish the client makes later; refuse the login now rather than drop the will then
         if (facts.willTopic !== undefined && decidePublish(result.identity, facts.willTopic, table).decision !== 'allow') return refuse(5, 'TOPIC_FORBIDDEN')
-        c[SESSION] = { identity: result.identity, publishCache: new Map(), readCache: undefined }
+        c[SESSION] = { identity: result.identity, publishCache: undefined, readCache: undefined }
+        c[CONNECT_FACTS] = undefined // needed only for the login; an idle connection should not carry it
         counters.connectsAccepted++
         done(null, true)
       }, (err: unknown) => {
@@ -221,11 +223,12 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     const session = c?.[SESSION]
     // no client: a will restored from persistence; wills were authorized at CONNECT
     if (c === null || session === undefined) return done(null)
-    let entry = session.publishCache.get(packet.topic)
+    const cache = session.publishCache ?? (session.publishCache = new Map<string, CachedPublish>())
+    let entry = cache.get(packet.topic)
     if (entry === undefined) {
       entry = decide(session.identity, packet.topic)
-      if (session.publishCache.size >= DECISION_CACHE_MAX) session.publishCache.clear()
-      session.publishCache.set(packet.topic, entry)
+      if (cache.size >= DECISION_CACHE_MAX) cache.clear()
+      cache.set(packet.topic, entry)
     }
     if (entry.decision === 'PROTOCOL_VIOLATION') {
       // [MQTT-1.5.3-1] ill-formed topic strings close the connection
@@ -519,8 +522,11 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
 
   async function listen (): Promise<{ mqttPort: number, mqttsPort: number | undefined }> {
     await aedes.listen()
-    // nobody is connected at start: every device's retained presence says offline
-    await presence.rebuild(await allDeviceIds(db))
+    // nobody is connected at start: every device's retained presence says offline; the same read primes
+    // the login cache, so a fleet reconnecting after a restart needs no query per login
+    const fleet = await allDevices(db)
+    credentials.prime(fleet)
+    await presence.rebuild(fleet)
     lastSeen.start()
     const mqttPort = await serve(createServer(onSocket), config.broker.mqttPort)
     let mqttsPort: number | undefined

@@ -25,7 +25,7 @@ export class PacketFramer {
   private lengthBytes = 0
   private remaining = 0
   private packets = 0
-  private prefix: number[] = []
+  private prefix: number[] | undefined // the first bytes of the first CONNECT, while they are read
 
   constructor (private readonly maxBytes: number) {}
 
@@ -61,13 +61,15 @@ export class PacketFramer {
           break
         }
         case CONNECT_PREFIX: {
-          const want = Math.min(CONNECT_PREFIX_BYTES, this.length) - this.prefix.length
+          const prefix = this.prefix ?? (this.prefix = [])
+          const want = Math.min(CONNECT_PREFIX_BYTES, this.length) - prefix.length
           const take = Math.min(want, n - i)
-          for (let k = 0; k < take; k++) this.prefix.push(buf[i + k] as number)
+          for (let k = 0; k < take; k++) prefix.push(buf[i + k] as number)
           i += take
           this.remaining -= take
-          if (this.prefix.length === Math.min(CONNECT_PREFIX_BYTES, this.length)) {
-            const verdict = this.checkLevel()
+          if (prefix.length === Math.min(CONNECT_PREFIX_BYTES, this.length)) {
+            const verdict = this.checkLevel(prefix)
+            this.prefix = undefined
             if (verdict !== undefined) return verdict
             this.phase = this.remaining === 0 ? HEADER : BODY
           }
@@ -84,8 +86,7 @@ export class PacketFramer {
     return undefined
   }
 
-  private checkLevel (): GuardVerdict | undefined {
-    const p = this.prefix
+  private checkLevel (p: readonly number[]): GuardVerdict | undefined {
     const nameLength = ((p[0] ?? 0) << 8) | (p[1] ?? 0)
     // only "MQTT" and "MQIsdp" are protocol names; anything else is left to the parser, which refuses it
     if (nameLength !== 4 && nameLength !== 6) return undefined

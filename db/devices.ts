@@ -52,8 +52,8 @@ export async function listDevices (db: Database, opts: { limit: number, after: s
   return await filtered.orderBy(asc(devices.id)).limit(opts.limit)
 }
 
-export async function allDeviceIds (db: Database): Promise<Array<{ id: string, lastSeen: number | null }>> {
-  return await db.orm.select({ id: devices.id, lastSeen: devices.lastSeen }).from(devices)
+export async function allDevices (db: Database): Promise<Array<{ id: string, lastSeen: number | null, tokenHash: string }>> {
+  return await db.orm.select({ id: devices.id, lastSeen: devices.lastSeen, tokenHash: devices.tokenHash }).from(devices)
 }
 
 export async function updateDevice (db: Database, id: string, patch: { name?: string | null, ownerId?: string | null }, now: number): Promise<DeviceRow | undefined> {

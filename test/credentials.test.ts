@@ -74,4 +74,15 @@ describe('device credential lookups', () => {
     fail = false
     expect(await creds.lookup('a')).toEqual({ tokenHash: 'h' })
   })
+
+  it('a cache primed from the fleet at start answers known devices without a query, up to its bound', async () => {
+    const s = store({ c: 'hc' })
+    const creds = new DeviceCredentials(s.load, 2)
+    creds.prime([{ id: 'a', tokenHash: 'ha' }, { id: 'b', tokenHash: 'hb' }, { id: 'c', tokenHash: 'hc' }])
+    expect(await creds.lookup('a')).toEqual({ tokenHash: 'ha' })
+    expect(await creds.lookup('b')).toEqual({ tokenHash: 'hb' })
+    expect(s.calls).toEqual([])
+    expect(await creds.lookup('c')).toEqual({ tokenHash: 'hc' }) // beyond the bound: read when needed
+    expect(s.calls).toEqual([['c']])
+  })
 })

@@ -4,12 +4,11 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { fileURLToPath } from 'node:url'
 import mqtt, { type MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { freshDataDir, sleep } from './harness.ts'
-import { postgresUnavailable, startPostgres, type PostgresServer } from './postgres.ts'
+import { freePort, postgresUnavailable, startPostgres, type PostgresServer } from './postgres.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const DEVICES = ['dur-1', 'dur-2', 'dur-3', 'dur-4']
@@ -20,17 +19,6 @@ const STREAM_MS = 1500
 const MIN_ACKED_BEFORE_KILL = 200
 // small pages, so the check also pages through the REST cursor several times
 const PAGE_ROWS = 250
-
-function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 interface RoostProcess {
   readonly child: ChildProcess

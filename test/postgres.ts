@@ -30,15 +30,22 @@ export function postgresUnavailable (): string | undefined {
   return undefined
 }
 
-function freePort (): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
+// A server started as a child needs its port before it starts. A port the kernel hands out for port 0 can
+// be handed to a parallel test again before the child binds it, so pick below the ephemeral range
+// (32768+), where only explicit binds land, and check the port is free.
+const PORT_RANGE_START = 20_000
+const PORT_RANGE_SIZE = 10_000
+
+export async function freePort (): Promise<number> {
+  for (;;) {
+    const port = PORT_RANGE_START + Math.floor(Math.random() * PORT_RANGE_SIZE)
+    const free = await new Promise<boolean>(resolve => {
+      const s = createServer()
+      s.once('error', () => resolve(false))
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)))
     })
-  })
+    if (free) return port
+  }
 }
 
 function asPostgres (cmd: string, args: string[]): void {
