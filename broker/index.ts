@@ -28,14 +28,9 @@ import { createMq } from './mq.ts'
 import { LastSeen } from './last-seen.ts'
 import { boundOfflineQueue } from './offline-queue.ts'
 import { BrokerCounters, registerBrokerMetrics, type FlowKey } from './metrics.ts'
-import { telemetryRules } from './topics/telemetry.ts'
-import { stateRules } from './topics/state.ts'
-import { commandRules } from './topics/commands.ts'
-import { otaRules } from './topics/ota.ts'
-import { presenceRules, PresenceTracker } from './topics/presence.ts'
-import { audioRules } from './topics/audio.ts'
-import { streamRules } from './topics/stream.ts'
-import { errorNotice, errorRules } from './topics/errors.ts'
+import { PresenceTracker } from './topics/presence.ts'
+import { buildFamilyTable } from './families.ts'
+import { errorNotice } from './topics/errors.ts'
 
 export interface BrokerDeps {
   readonly db: Database
@@ -130,16 +125,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     : { write: rows => insertTelemetry(db, rows), log, maxInFlight: 1, maxBatchRows: PGLITE_BATCH_ROWS })
   const lastSeen = new LastSeen(seen => writeLastSeen(db, seen), config.lastSeenFlushMs, log)
 
-  const table: FamilyTable = {
-    ...telemetryRules({ limits: config.telemetry, committer, now }),
-    ...stateRules,
-    ...commandRules,
-    ...otaRules,
-    ...presenceRules,
-    ...audioRules,
-    ...streamRules,
-    ...errorRules,
-  }
+  const table: FamilyTable = buildFamilyTable({ limits: config.telemetry, committer, now })
 
   const credentials = new DeviceCredentials(ids => deviceCredentials(db, ids))
   const lookupDevice = (id: string): Promise<DeviceCredential | undefined> => credentials.lookup(id)
@@ -426,23 +412,18 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     })
   }
 
-  aedes.on('clientReady', client => {
+  /** A device's session opened or closed: last seen, retained presence, a log line. */
+  function deviceSession (client: Client, online: boolean): void {
     const session = (client as RoostClient)[SESSION]
     if (session?.identity.kind !== 'device') return
     const id = session.identity.deviceId
     lastSeen.touch(id, now())
-    background(presence.online(id, client), 'presence')
-    log.info({ deviceId: id }, 'device connected')
-  })
+    background(online ? presence.online(id, client) : presence.offline(id, client), 'presence')
+    log.info({ deviceId: id }, online ? 'device connected' : 'device disconnected')
+  }
 
-  aedes.on('clientDisconnect', client => {
-    const session = (client as RoostClient)[SESSION]
-    if (session?.identity.kind !== 'device') return
-    const id = session.identity.deviceId
-    lastSeen.touch(id, now())
-    background(presence.offline(id, client), 'presence')
-    log.info({ deviceId: id }, 'device disconnected')
-  })
+  aedes.on('clientReady', client => deviceSession(client, true))
+  aedes.on('clientDisconnect', client => deviceSession(client, false))
 
   aedes.on('keepaliveTimeout', client => {
     log.info({ clientId: client.id }, 'keepalive timeout')

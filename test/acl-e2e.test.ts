@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { IClientOptions, MqttClient } from 'mqtt'
 import { collect, eventually, nextMessage, sleep, startRoost, type TestRoost } from './harness.ts'
+import { topicMatches } from './topic-match.ts'
 
 // How long a test waits for a message that must not come. Deliveries on loopback take a few ms; the
 // margin is for two shared cores under parallel test files.
@@ -12,19 +13,6 @@ const SILENCE_MS = 500
 
 type Received = Array<{ topic: string, payload: Buffer }>
 
-/** Plain MQTT topic matching [MQTT-4.7.1], written independently of broker/acl.ts. */
-function topicMatches (filter: string, topic: string): boolean {
-  // [MQTT-4.7.2-1] a leading wildcard does not match topics starting with $
-  if (topic.startsWith('$') && (filter.startsWith('+') || filter.startsWith('#'))) return false
-  const f = filter.split('/')
-  const t = topic.split('/')
-  for (let i = 0; i < f.length; i++) {
-    if (f[i] === '#') return true
-    if (i >= t.length) return false
-    if (f[i] !== '+' && f[i] !== t[i]) return false
-  }
-  return f.length === t.length
-}
 
 function json (payload: Buffer): unknown {
   return JSON.parse(payload.toString())

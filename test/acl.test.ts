@@ -6,32 +6,16 @@ import { describe, expect, it } from 'vitest'
 import { decidePublish, decideRead, decideSubscribe, filterMatches, type Decision, type FamilyTable, type ReadScope } from '../broker/acl.ts'
 import { decideLogin, type DeviceCredential, type Identity, type LoginContext, type LoginRequest } from '../broker/identity.ts'
 import { GroupCommitter } from '../broker/ingest.ts'
-import { telemetryRules } from '../broker/topics/telemetry.ts'
-import { stateRules } from '../broker/topics/state.ts'
-import { commandRules } from '../broker/topics/commands.ts'
-import { otaRules } from '../broker/topics/ota.ts'
-import { presenceRules } from '../broker/topics/presence.ts'
-import { audioRules } from '../broker/topics/audio.ts'
-import { streamRules } from '../broker/topics/stream.ts'
-import { errorRules } from '../broker/topics/errors.ts'
+import { buildFamilyTable } from '../broker/families.ts'
+import { topicMatches } from './topic-match.ts'
 import { hashToken } from '../db/devices.ts'
 import { createLogger } from '../log.ts'
 import { FAMILY_NAMES, deviceTopic } from '../schemas/topics.ts'
 
-// The same table broker/index.ts builds. FamilyTable is a Record over every family, so a family added
-// to schemas/topics.ts without a rule here fails the type check. The committer is never reached: only
+// The table the broker uses (broker/families.ts). The committer is never reached: only
 // the telemetry rule's `accept` step uses it, and these tests only ask for decisions.
 const committer = new GroupCommitter({ write: async () => {}, log: createLogger('silent') })
-const table: FamilyTable = {
-  ...telemetryRules({ limits: { maxKeys: 64, maxPayloadBytes: 65536, maxBatchRows: 1000 }, committer, now: Date.now }),
-  ...stateRules,
-  ...commandRules,
-  ...otaRules,
-  ...presenceRules,
-  ...audioRules,
-  ...streamRules,
-  ...errorRules,
-}
+const table: FamilyTable = buildFamilyTable({ limits: { maxKeys: 64, maxPayloadBytes: 65536, maxBatchRows: 1000 }, committer, now: Date.now })
 
 const deviceA: Identity = { kind: 'device', deviceId: 'A' }
 const service: Identity = { kind: 'service', name: 'api' }
@@ -256,19 +240,6 @@ describe('decideSubscribe: which filters are granted, narrowed or refused', () =
   })
 })
 
-/** Plain MQTT topic matching [MQTT-4.7.1], written independently of the code under test. */
-function topicMatches (filter: string, topic: string): boolean {
-  // [MQTT-4.7.2-1] a filter starting with a wildcard does not match topics starting with $
-  if (topic.startsWith('$') && (filter.startsWith('+') || filter.startsWith('#'))) return false
-  const f = filter.split('/')
-  const t = topic.split('/')
-  for (let i = 0; i < f.length; i++) {
-    if (f[i] === '#') return true
-    if (i >= t.length) return false
-    if (f[i] !== '+' && f[i] !== t[i]) return false
-  }
-  return f.length === t.length
-}
 
 describe('decideLogin: who may connect, as whom', () => {
   const tokenA = 'rdt_token-of-A'

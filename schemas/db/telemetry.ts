@@ -23,25 +23,23 @@ import { bigint, boolean, doublePrecision, index, pgTable, primaryKey, text } fr
 
 export const HOUR_MS = 3_600_000
 
-export const telemetry = pgTable('telemetry', {
-  deviceId: text('device_id').notNull(),
-  key: text('key').notNull(),
-  ts: bigint('ts', { mode: 'number' }).notNull(),
-  num: doublePrecision('num'),
-  str: text('str'),
-  bool: boolean('bool'),
-}, t => [
+// one reading: which device and key, when, and its value in one of three typed columns
+function readingColumns () {
+  return {
+    deviceId: text('device_id').notNull(),
+    key: text('key').notNull(),
+    ts: bigint('ts', { mode: 'number' }).notNull(),
+    num: doublePrecision('num'),
+    str: text('str'),
+    bool: boolean('bool'),
+  }
+}
+
+export const telemetry = pgTable('telemetry', readingColumns(), t => [
   index('telemetry_device_key_ts_idx').on(t.deviceId, t.key, t.ts),
 ])
 
-export const telemetryLatest = pgTable('telemetry_latest', {
-  deviceId: text('device_id').notNull(),
-  key: text('key').notNull(),
-  ts: bigint('ts', { mode: 'number' }).notNull(),
-  num: doublePrecision('num'),
-  str: text('str'),
-  bool: boolean('bool'),
-}, t => [
+export const telemetryLatest = pgTable('telemetry_latest', readingColumns(), t => [
   primaryKey({ columns: [t.deviceId, t.key] }),
 ])
 
