@@ -2,6 +2,7 @@
 
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
+import { fileURLToPath } from 'node:url'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startRoost, type TestRoost } from './harness.ts'
 
@@ -37,5 +38,17 @@ describe('quick start', () => {
     const other = await roost.request('GET', '/v1/devices/qs-b/telemetry/latest', undefined, a)
     expect(other.status).toBe(403)
     expect(other.body.code).toBe('DEVICE_TOKEN_SCOPE')
+  })
+  it('roost device add (the real CLI, against the running server) prints a mosquitto_pub line that, pasted into a shell, stores a reading', async () => {
+    const { stdout } = await run(process.execPath, ['bin/roost.mjs', 'device', 'add', 'kitchen-2'], {
+      cwd: fileURLToPath(new URL('..', import.meta.url)),
+      env: { ...process.env, ROOST_HTTP_PORT: String(roost.httpPort), ROOST_ADMIN_TOKEN: roost.adminToken, ROOST_DATA_DIR: roost.dataDir, ROOST_PUBLIC_HOST: '127.0.0.1' },
+    })
+    const line = stdout.split('\n').map(l => l.trim()).find(l => l.startsWith('mosquitto_pub '))
+    expect(line).toBeDefined()
+    expect(line).toContain(`-p ${roost.mqttPort}`)
+    await run('sh', ['-c', line as string])
+    const latest = await roost.request('GET', '/v1/devices/kitchen-2/telemetry/latest')
+    expect(latest.body.values.temperature.value).toBe(21.5)
   })
 })
