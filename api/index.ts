@@ -19,6 +19,7 @@ import { installAuth } from './auth.ts'
 import { installErrorHandling } from './errors.ts'
 import { deviceRoutes } from './devices.ts'
 import { telemetryRoutes } from './telemetry.ts'
+import { stateRoutes } from './state.ts'
 import { healthRoutes } from './health.ts'
 import { mqttWebSocketRoute } from './mqtt-ws.ts'
 
@@ -107,6 +108,7 @@ export async function buildApi (config: Config, deps: ApiDeps): Promise<FastifyI
   await app.register(healthRoutes(ctx))
   await app.register(deviceRoutes(ctx))
   await app.register(telemetryRoutes(ctx))
+  await app.register(stateRoutes(ctx))
   await app.register(mqttWebSocketRoute(ctx))
   // unknown routes answer ROUTE_NOT_FOUND; documented here since no route of its own returns it
   app.get('/v1', {

@@ -7,7 +7,9 @@ import type { Identity } from './identity.ts'
 
 export type Decision = 'allow' | ErrorCode
 
-export interface Refusal { readonly code: ErrorCode, readonly detail?: string }
+// `unacknowledged`: the publish could not be handled now (the database is away); instead of acknowledging
+// and dropping it, the connection is closed without a PUBACK so the client sends it again
+export interface Refusal { readonly code: ErrorCode, readonly detail?: string, readonly unacknowledged?: true }
 
 /** Work a family does on a publish its rule allowed, before it is acknowledged and relayed (e.g. store telemetry). */
 export type AcceptStep = (identity: Identity, deviceId: string, packet: PublishPacket, done: (refusal?: Refusal) => void) => void

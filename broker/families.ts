@@ -2,7 +2,7 @@
 
 import type { FamilyTable } from './acl.ts'
 import { telemetryRules, type TelemetryDeps } from './topics/telemetry.ts'
-import { stateRules } from './topics/state.ts'
+import { stateRules, type StateDeps } from './topics/state.ts'
 import { commandRules } from './topics/commands.ts'
 import { otaRules } from './topics/ota.ts'
 import { presenceRules } from './topics/presence.ts'
@@ -11,10 +11,10 @@ import { streamRules } from './topics/stream.ts'
 import { errorRules } from './topics/errors.ts'
 
 /** FamilyTable is a Record over every family, so a family added to schemas/topics.ts without a rule fails the type check. */
-export function buildFamilyTable (telemetry: TelemetryDeps): FamilyTable {
+export function buildFamilyTable (telemetry: TelemetryDeps, state: StateDeps): FamilyTable {
   return {
     ...telemetryRules(telemetry),
-    ...stateRules,
+    ...stateRules(state),
     ...commandRules,
     ...otaRules,
     ...presenceRules,

@@ -14,10 +14,11 @@ import type { Config } from '../schemas/config.ts'
 import type { ErrorCode } from '../schemas/errors.ts'
 import { errorMessage } from '../schemas/errors.ts'
 import type { Family } from '../schemas/topics.ts'
-import { FAMILIES, isDeviceId, parseTopic } from '../schemas/topics.ts'
+import { FAMILIES, deviceTopic, isDeviceId, parseTopic } from '../schemas/topics.ts'
 import type { Database } from '../db/open.ts'
 import { allDevices, deviceCredentials, writeLastSeen } from '../db/devices.ts'
 import { insertTelemetry } from '../db/telemetry.ts'
+import { allDesired } from '../db/state.ts'
 import { decideLogin, describeIdentity, type DeviceCredential, type Identity } from './identity.ts'
 import { decidePublish, decideRead, decideSubscribe, type Decision, type FamilyRule, type FamilyTable, type Refusal } from './acl.ts'
 import { connectProblem, mqttStringProblem, packetProblem } from './conformance.ts'
@@ -125,7 +126,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     : { write: rows => insertTelemetry(db, rows), log, maxInFlight: 1, maxBatchRows: PGLITE_BATCH_ROWS })
   const lastSeen = new LastSeen(seen => writeLastSeen(db, seen), config.lastSeenFlushMs, log)
 
-  const table: FamilyTable = buildFamilyTable({ limits: config.telemetry, committer, now })
+  const table: FamilyTable = buildFamilyTable({ limits: config.telemetry, committer, now }, { db, log, now })
 
   const credentials = new DeviceCredentials(ids => deviceCredentials(db, ids))
   const lookupDevice = (id: string): Promise<DeviceCredential | undefined> => credentials.lookup(id)
@@ -239,6 +240,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
   function refusePublish (client: RoostClient, session: Session, packet: RoostPacket, refusal: Refusal, done: (err?: Error | null) => void): void {
     packet[REFUSED] = true
     counters.refuse(refusal.code)
+    if (refusal.unacknowledged === true) return done(new Error(refusal.code)) // Aedes closes the connection: no PUBACK
     const identity = session.identity
     log.debug({ clientId: client.id, topic: packet.topic, code: refusal.code, detail: refusal.detail }, 'publish refused')
     if (identity.kind === 'device') {
@@ -458,6 +460,8 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     }
     if (change === 'deleted') {
       await presence.forget(deviceId)
+      // an empty retained payload removes the retained desired document
+      await platformPublish(deviceTopic(deviceId, 'state/desired'), Buffer.alloc(0), { qos: 1, retain: true })
       await forgetSession(deviceId)
     }
   }
@@ -508,6 +512,10 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     const fleet = await allDevices(db)
     credentials.prime(fleet)
     await presence.rebuild(fleet)
+    // retained desired documents are projections of the database: republished whole at every start
+    for (const d of await allDesired(db)) {
+      await platformPublish(deviceTopic(d.deviceId, 'state/desired'), JSON.stringify({ version: d.desiredVersion, state: d.desired }), { qos: 1, retain: true })
+    }
     lastSeen.start()
     const mqttPort = await serve(createServer(onSocket), config.broker.mqttPort)
     let mqttsPort: number | undefined

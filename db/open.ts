@@ -14,8 +14,9 @@ import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js'
 import { migrate as migratePostgres } from 'drizzle-orm/postgres-js/migrator'
 import * as devicesSchema from '../schemas/db/devices.ts'
 import * as telemetrySchema from '../schemas/db/telemetry.ts'
+import * as stateSchema from '../schemas/db/state.ts'
 
-export const schema = { ...devicesSchema, ...telemetrySchema }
+export const schema = { ...devicesSchema, ...telemetrySchema, ...stateSchema }
 export type Schema = typeof schema
 export type Orm = PgDatabase<PgQueryResultHKT, Schema>
 

@@ -4,6 +4,7 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { DEVICE_ID_PATTERN } from './topics.ts'
 import { ERRORS, type ErrorCode } from './errors.ts'
 import { TelemetryValue } from './telemetry.ts'
+import { StateObject } from './state.ts'
 
 export const DeviceId = Type.String({ pattern: DEVICE_ID_PATTERN, description: 'letters, digits, _ and -, 1–64 characters', examples: ['kitchen-1'] })
 export const EpochMs = Type.Integer({ minimum: 0, description: 'epoch milliseconds' })
@@ -98,6 +99,24 @@ export const TelemetryRange = Type.Object({
 })
 
 export const TelemetryStored = Type.Object({ stored: Type.Integer({ description: 'rows committed' }) })
+
+export const StateSide = Type.Object({
+  version: Type.Integer({ description: 'bumped by every change; 0 before the first' }),
+  state: StateObject,
+  updatedAt: Type.Union([EpochMs, Type.Null()]),
+})
+
+export const DeviceStateView = Type.Object({
+  deviceId: DeviceId,
+  desired: StateSide,
+  reported: StateSide,
+  delta: Type.Record(Type.String(), Type.Unknown(), { description: 'desired keys whose value differs from reported: what the device has still to apply' }),
+})
+
+export const StatePatch = Type.Object({
+  state: Type.Record(Type.String(), Type.Unknown(), { description: 'a JSON merge patch (RFC 7396) of the desired document: objects merge, null deletes a key' }),
+  version: Type.Optional(Type.Integer({ minimum: 0, description: 'the desired version this patch was made against; a different stored version answers 409' })),
+}, { additionalProperties: false })
 
 export const Health = Type.Object({
   status: Type.Union([Type.Literal('ok'), Type.Literal('degraded')]),

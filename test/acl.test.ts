@@ -10,12 +10,20 @@ import { buildFamilyTable } from '../broker/families.ts'
 import { topicMatches } from './topic-match.ts'
 import { hashToken } from '../db/devices.ts'
 import { createLogger } from '../log.ts'
+import type { Database } from '../db/open.ts'
 import { FAMILY_NAMES, deviceTopic } from '../schemas/topics.ts'
 
-// The table the broker uses (broker/families.ts). The committer is never reached: only
-// the telemetry rule's `accept` step uses it, and these tests only ask for decisions.
-const committer = new GroupCommitter({ write: async () => {}, log: createLogger('silent') })
-const table: FamilyTable = buildFamilyTable({ limits: { maxKeys: 64, maxPayloadBytes: 65536, maxBatchRows: 1000 }, committer, now: Date.now })
+// The table the broker uses (broker/families.ts). The committer and database are never reached: only
+// the families' `accept` steps use them, and these tests only ask for decisions (the database throws if asked).
+const log = createLogger('silent')
+const committer = new GroupCommitter({ write: async () => {}, log })
+const noDatabase: Database = {
+  kind: 'pglite',
+  get orm (): never { throw new Error('ACL decisions must not touch the database') },
+  query: async () => { throw new Error('ACL decisions must not touch the database') },
+  close: async () => {},
+}
+const table: FamilyTable = buildFamilyTable({ limits: { maxKeys: 64, maxPayloadBytes: 65536, maxBatchRows: 1000 }, committer, now: Date.now }, { db: noDatabase, log, now: Date.now })
 
 const deviceA: Identity = { kind: 'device', deviceId: 'A' }
 const service: Identity = { kind: 'service', name: 'api' }

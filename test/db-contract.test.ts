@@ -9,6 +9,7 @@ import postgres from 'postgres'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { openDatabase, type Database } from '../db/open.ts'
 import { maintain } from '../db/maintenance.ts'
+import { allDesired, getState, mergeReported, patchDesired } from '../db/state.ts'
 import { createLogger } from '../log.ts'
 import {
   createDevice, deleteDevice, deviceByTokenHash, getDevice, hashToken, listDevices, rotateDeviceToken, tokenMatches,
@@ -116,7 +117,7 @@ function dbContract (name: string, startBackend: () => Promise<Backend>, skipRea
           const first = await fresh.open()
           const tables = await first.query<{ table_name: string }>(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name")
-          expect(tables.map(t => t.table_name)).toEqual(['devices', 'telemetry', 'telemetry_hourly', 'telemetry_latest'])
+          expect(tables.map(t => t.table_name)).toEqual(['device_state', 'devices', 'telemetry', 'telemetry_hourly', 'telemetry_latest'])
           const indexes = await first.query<{ indexname: string }>("SELECT indexname FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname")
           expect(indexes.map(i => i.indexname)).toEqual(expect.arrayContaining([
             'devices_owner_idx', 'devices_pkey', 'devices_token_hash_idx', 'telemetry_device_key_ts_idx', 'telemetry_latest_device_id_key_pk',
@@ -221,6 +222,20 @@ function dbContract (name: string, startBackend: () => Promise<Backend>, skipRea
         expect((await getDevice(db, 'seen-2'))?.lastSeen).toBe(T0 + 3000)
         expect((await getDevice(db, 'seen-3'))?.lastSeen).toBe(T0 + 10)
         await writeLastSeen(db, new Map()) // nothing to write is not an error
+      })
+    })
+
+    describe('device state', () => {
+      it('concurrent desired patches apply one after another, each with its own version, and a stale version is refused', async () => {
+        const results = await Promise.all(Array.from({ length: 10 }, (_v, i) => patchDesired(db, 'twin', { [`k${i}`]: i }, undefined, T0 + i)))
+        expect(results.every(r => r.ok)).toBe(true)
+        const state = await getState(db, 'twin')
+        expect(state.desiredVersion).toBe(10)
+        expect(Object.keys(state.desired).sort()).toEqual(Array.from({ length: 10 }, (_v, i) => `k${i}`).sort())
+        expect(await patchDesired(db, 'twin', { x: 1 }, 3, T0)).toEqual({ ok: false, reason: 'version', currentVersion: 10 })
+        const reported = await mergeReported(db, 'twin', { k0: 0, extra: { deep: true } }, T0)
+        expect(reported.ok && reported.row.reported).toEqual({ k0: 0, extra: { deep: true } })
+        expect((await allDesired(db)).find(d => d.deviceId === 'twin')?.desiredVersion).toBe(10)
       })
     })
 
