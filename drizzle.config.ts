@@ -3,6 +3,6 @@ import { defineConfig } from 'drizzle-kit'
 
 export default defineConfig({
   dialect: 'postgresql',
-  schema: ['./schemas/db/devices.ts', './schemas/db/telemetry.ts', './schemas/db/state.ts'],
+  schema: ['./schemas/db/devices.ts', './schemas/db/telemetry.ts', './schemas/db/state.ts', './schemas/db/commands.ts'],
   out: './db/migrations',
 })

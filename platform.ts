@@ -29,6 +29,11 @@ export function localBrokerPort (broker: Broker): BrokerPort {
     publish: (topic, payload, opts) => broker.publish(topic, payload, opts),
     storeTelemetry: rows => new Promise(resolve => { broker.committer.add(rows, resolve) }),
     handleMqttStream: (stream, req) => broker.handle(stream, req),
+    finishCommand: (deviceId, commandId, body) => broker.commands.finish(deviceId, commandId, body),
+    onCommandFinished: listener => {
+      broker.commands.on('finished', listener)
+      return () => { broker.commands.off('finished', listener) }
+    },
     healthy: () => !broker.aedes.closed,
     close: async () => {},
   }

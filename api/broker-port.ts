@@ -3,8 +3,10 @@
 import type { IncomingMessage } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { StoredRow } from '../db/telemetry.ts'
+import type { CommandRow } from '../schemas/db/commands.ts'
+import type { Refusal } from '../broker/acl.ts'
 
-export type DeviceChange = 'changed' | 'rotated' | 'deleted'
+export type DeviceChange = 'changed' | 'rotated' | 'deleted' | 'commands'
 
 export interface BrokerPort {
   isOnline (deviceId: string): boolean
@@ -16,6 +18,10 @@ export interface BrokerPort {
   storeTelemetry (rows: readonly StoredRow[]): Promise<void>
   /** Serve an MQTT connection arriving on the API's /mqtt WebSocket. */
   handleMqttStream (stream: Duplex, req: IncomingMessage): void
+  /** Records a device's command result given over HTTP, as the broker does for one given over MQTT. */
+  finishCommand (deviceId: string, commandId: string, body: unknown): Promise<{ row: CommandRow } | Refusal>
+  /** Calls `listener` with every command that reached a final status (answered or expired); returns an unsubscribe. */
+  onCommandFinished (listener: (row: CommandRow) => void): () => void
   healthy (): boolean
   close (): Promise<void>
 }

@@ -20,6 +20,7 @@ import { installErrorHandling } from './errors.ts'
 import { deviceRoutes } from './devices.ts'
 import { telemetryRoutes } from './telemetry.ts'
 import { stateRoutes } from './state.ts'
+import { commandRoutes } from './commands.ts'
 import { healthRoutes } from './health.ts'
 import { mqttWebSocketRoute } from './mqtt-ws.ts'
 
@@ -109,6 +110,7 @@ export async function buildApi (config: Config, deps: ApiDeps): Promise<FastifyI
   await app.register(deviceRoutes(ctx))
   await app.register(telemetryRoutes(ctx))
   await app.register(stateRoutes(ctx))
+  await app.register(commandRoutes(ctx))
   await app.register(mqttWebSocketRoute(ctx))
   // unknown routes answer ROUTE_NOT_FOUND; documented here since no route of its own returns it
   app.get('/v1', {

@@ -10,6 +10,9 @@ import type { Database } from '../db/open.ts'
 import { insertTelemetry, type StoredRow } from '../db/telemetry.ts'
 import { parseTopic } from '../schemas/topics.ts'
 import type { BrokerPort, DeviceChange } from './broker-port.ts'
+import { CommandCenter } from '../broker/topics/commands.ts'
+import { getCommand } from '../db/commands.ts'
+import { FINAL_STATUSES } from '../schemas/db/commands.ts'
 
 export async function connectRemoteBroker (opts: { url: string, serviceToken: string, db: Database, log: Logger }): Promise<BrokerPort> {
   const { log } = opts
@@ -21,15 +24,31 @@ export async function connectRemoteBroker (opts: { url: string, serviceToken: st
     reconnectPeriod: 1000,
   })
   client.on('error', err => log.warn({ err: err.message }, 'broker link error'))
+  // results given over HTTP are recorded here; deliveries stay with the broker (roost/control), which
+  // also records results given over MQTT: the API learns of those from the result topic
+  const center = new CommandCenter({
+    db: opts.db,
+    log,
+    now: Date.now,
+    publish: async () => { throw new Error('the API process does not deliver commands; the broker does') },
+    isOnline: id => online.has(id),
+  })
   client.on('message', (topic, payload) => {
     const parsed = parseTopic(topic)
+    if (parsed.space === 'device' && parsed.family === 'commands/result' && parsed.param !== undefined) {
+      void getCommand(opts.db, parsed.deviceId, parsed.param).then(row => {
+        if (row !== undefined && FINAL_STATUSES.includes(row.status)) center.emit('finished', row)
+      }, () => {})
+      return
+    }
     if (parsed.space !== 'device' || parsed.family !== 'presence') return
     let isOnline = false
     try { isOnline = payload.length > 0 && (JSON.parse(payload.toString()) as { online?: unknown }).online === true } catch { isOnline = false }
     if (isOnline) online.add(parsed.deviceId)
     else online.delete(parsed.deviceId)
   })
-  await client.subscribeAsync('devices/+/presence', { qos: 1 })
+  await client.subscribeAsync(['devices/+/presence', 'devices/+/commands/+/result'], { qos: 1 })
+  center.start() // expiries, for waiters of this process
   const target = new URL(opts.url)
 
   return {
@@ -51,8 +70,14 @@ export async function connectRemoteBroker (opts: { url: string, serviceToken: st
       socket.on('close', end)
       stream.on('close', end)
     },
+    finishCommand: (deviceId, commandId, body) => center.finish(deviceId, commandId, body),
+    onCommandFinished: listener => {
+      center.on('finished', listener)
+      return () => { center.off('finished', listener) }
+    },
     healthy: () => client.connected,
     async close () {
+      center.stop()
       await client.endAsync()
     },
   }

@@ -9,7 +9,8 @@ export type Decision = 'allow' | ErrorCode
 
 // `unacknowledged`: the publish could not be handled now (the database is away); instead of acknowledging
 // and dropping it, the connection is closed without a PUBACK so the client sends it again
-export interface Refusal { readonly code: ErrorCode, readonly detail?: string, readonly unacknowledged?: true }
+// `params` fill the catalogue message's placeholders beyond {topic} and {detail}
+export interface Refusal { readonly code: ErrorCode, readonly detail?: string, readonly params?: Readonly<Record<string, string | number>>, readonly unacknowledged?: true }
 
 /** Work a family does on a publish its rule allowed, before it is acknowledged and relayed (e.g. store telemetry). */
 export type AcceptStep = (identity: Identity, deviceId: string, packet: PublishPacket, done: (refusal?: Refusal) => void) => void

@@ -20,7 +20,7 @@ import { allDevices, deviceCredentials, writeLastSeen } from '../db/devices.ts'
 import { insertTelemetry } from '../db/telemetry.ts'
 import { allDesired } from '../db/state.ts'
 import { decideLogin, describeIdentity, type DeviceCredential, type Identity } from './identity.ts'
-import { decidePublish, decideRead, decideSubscribe, type Decision, type FamilyRule, type FamilyTable, type Refusal } from './acl.ts'
+import { decidePublish, decideRead, decideSubscribe, filterMatches, type Decision, type FamilyRule, type FamilyTable, type Refusal } from './acl.ts'
 import { connectProblem, mqttStringProblem, packetProblem } from './conformance.ts'
 import { CONNACK_UNSUPPORTED_LEVEL, PacketFramer } from './packet-guard.ts'
 import { GroupCommitter } from './ingest.ts'
@@ -31,6 +31,7 @@ import { boundOfflineQueue } from './offline-queue.ts'
 import { BrokerCounters, registerBrokerMetrics, type FlowKey } from './metrics.ts'
 import { PresenceTracker } from './topics/presence.ts'
 import { buildFamilyTable } from './families.ts'
+import { CommandCenter, commandExpired } from './topics/commands.ts'
 import { errorNotice } from './topics/errors.ts'
 
 export interface BrokerDeps {
@@ -45,12 +46,14 @@ export interface PlatformPublish {
   readonly retain?: boolean
 }
 
-export type DeviceChange = 'changed' | 'rotated' | 'deleted'
+// 'commands': the device has new commands waiting (delivered now if it is online)
+export type DeviceChange = 'changed' | 'rotated' | 'deleted' | 'commands'
 
 export interface Broker {
   readonly aedes: Aedes
   readonly presence: PresenceTracker
   readonly committer: GroupCommitter
+  readonly commands: CommandCenter
   /** Serves one MQTT connection over any duplex stream (the API's /mqtt WebSocket route uses this). */
   handle (stream: Duplex, req?: IncomingMessage): void
   listen (): Promise<{ mqttPort: number, mqttsPort: number | undefined }>
@@ -81,6 +84,8 @@ interface Session {
   publishCache: Map<string, CachedPublish> | undefined
   // present once the client holds a narrowed wildcard subscription: each delivery is checked, per topic once
   readCache: Map<string, boolean> | undefined
+  // set once this session's first command delivery (which resends unanswered ones) has happened
+  commandsDelivered?: true
 }
 
 // the parts of aedes-persistence's session store this file uses beyond the offline-queue bound
@@ -126,7 +131,14 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     : { write: rows => insertTelemetry(db, rows), log, maxInFlight: 1, maxBatchRows: PGLITE_BATCH_ROWS })
   const lastSeen = new LastSeen(seen => writeLastSeen(db, seen), config.lastSeenFlushMs, log)
 
-  const table: FamilyTable = buildFamilyTable({ limits: config.telemetry, committer, now }, { db, log, now })
+  const commands = new CommandCenter({
+    db,
+    log,
+    now,
+    publish: (topic, payload, opts) => platformPublish(topic, payload, opts),
+    isOnline: id => presence.isOnline(id),
+  })
+  const table: FamilyTable = buildFamilyTable({ limits: config.telemetry, committer, now }, { db, log, now }, commands)
 
   const credentials = new DeviceCredentials(ids => deviceCredentials(db, ids))
   const lookupDevice = (id: string): Promise<DeviceCredential | undefined> => credentials.lookup(id)
@@ -244,7 +256,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     const identity = session.identity
     log.debug({ clientId: client.id, topic: packet.topic, code: refusal.code, detail: refusal.detail }, 'publish refused')
     if (identity.kind === 'device') {
-      const params = { action: 'publish to', detail: refusal.detail ?? '', limit: refusal.detail ?? '' }
+      const params = { action: 'publish to', detail: refusal.detail ?? '', limit: refusal.detail ?? '', ...refusal.params }
       const notice = errorNotice(identity.deviceId, packet.topic, refusal.code, params)
       background(platformPublish(notice.topic, notice.payload, { qos: 0 }), 'error notice')
     }
@@ -306,6 +318,8 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
   }
 
   function authorizeForward (client: Client, packet: AedesPublishPacket): AedesPublishPacket | null {
+    // a command the broker's own offline queue kept past its expiry is never delivered late
+    if (packet.topic.includes('/commands/') && !packet.topic.endsWith('/result') && commandExpired(packet.payload as Buffer, now())) return null
     const session = (client as RoostClient)[SESSION]
     const cache = session?.readCache
     if (cache === undefined) return packet // no narrowed subscription: everything subscribed is readable
@@ -421,9 +435,30 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     const id = session.identity.deviceId
     lastSeen.touch(id, now())
     background(online ? presence.online(id, client) : presence.offline(id, client), 'presence')
+    // a persistent session's subscriptions are restored before this point
+    if (online) deliverCommandsOnSubscription(client, Object.keys((client as unknown as { subscriptions: Record<string, unknown> }).subscriptions))
     log.info({ deviceId: id }, online ? 'device connected' : 'device disconnected')
   }
 
+  /**
+   * Commands go out once the device listens for them: at connect when its persistent session restored a
+   * matching subscription, or when it subscribes (a clean session subscribes after CONNACK). The first
+   * delivery of a session also resends sent but unanswered commands: a clean session has lost them, and a
+   * device acts once per command id.
+   */
+  function deliverCommandsOnSubscription (client: Client, filters: readonly string[]): void {
+    const session = (client as RoostClient)[SESSION]
+    if (session?.identity.kind !== 'device') return
+    const id = session.identity.deviceId
+    const template = ['devices', id, 'commands', '+']
+    if (!filters.some(f => filterMatches(f.split('/'), template))) return
+    const resend = session.commandsDelivered !== true
+    session.commandsDelivered = true
+    void commands.deliver(id, resend)
+  }
+
+  // Aedes sets each subscription's qos to the granted code, 128 for a refused one (its typings say 0–2)
+  aedes.on('subscribe', (subs, client) => deliverCommandsOnSubscription(client, subs.filter(s => (s.qos as number) !== 128).map(s => s.topic)))
   aedes.on('clientReady', client => deviceSession(client, true))
   aedes.on('clientDisconnect', client => deviceSession(client, false))
 
@@ -451,6 +486,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
   // ---- control from a separate api process ------------------------------------------------------------
 
   async function deviceChanged (deviceId: string, change: DeviceChange): Promise<void> {
+    if (change === 'commands') return await commands.deliver(deviceId, false)
     credentials.forget(deviceId)
     if (change === 'changed') return
     const client = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients[deviceId]
@@ -479,7 +515,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     const id = packet.topic.split('/')[3] as string
     let change: unknown
     try { change = (JSON.parse(packet.payload.toString()) as { change?: unknown }).change } catch { change = undefined }
-    if (isDeviceId(id) && (change === 'changed' || change === 'rotated' || change === 'deleted')) void deviceChanged(id, change)
+    if (isDeviceId(id) && (change === 'changed' || change === 'rotated' || change === 'deleted' || change === 'commands')) void deviceChanged(id, change)
     else log.warn({ topic: packet.topic }, 'ignored control message')
     cb()
   }, () => {})
@@ -517,6 +553,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
       await platformPublish(deviceTopic(d.deviceId, 'state/desired'), JSON.stringify({ version: d.desiredVersion, state: d.desired }), { qos: 1, retain: true })
     }
     lastSeen.start()
+    commands.start()
     const mqttPort = await serve(createServer(onSocket), config.broker.mqttPort)
     let mqttsPort: number | undefined
     const tls = config.broker.tls
@@ -535,9 +572,10 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     const stopped = servers.map(s => new Promise<void>(resolve => s.close(() => resolve())))
     await new Promise<void>(resolve => aedes.close(() => resolve()))
     await Promise.all(stopped)
+    commands.stop()
     await committer.idle()
     await lastSeen.stop()
   }
 
-  return { aedes, presence, committer, handle, listen, publish: platformPublish, deviceChanged, close }
+  return { aedes, presence, committer, commands, handle, listen, publish: platformPublish, deviceChanged, close }
 }

@@ -73,7 +73,8 @@ export async function deleteDevice (db: Database, id: string): Promise<boolean> 
     WITH t AS (DELETE FROM telemetry WHERE device_id = $1),
          l AS (DELETE FROM telemetry_latest WHERE device_id = $1),
          h AS (DELETE FROM telemetry_hourly WHERE device_id = $1),
-         s AS (DELETE FROM device_state WHERE device_id = $1)
+         s AS (DELETE FROM device_state WHERE device_id = $1),
+         c AS (DELETE FROM commands WHERE device_id = $1)
     DELETE FROM devices WHERE id = $1 RETURNING id`, [id])
   return rows.length > 0
 }

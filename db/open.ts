@@ -15,8 +15,9 @@ import { migrate as migratePostgres } from 'drizzle-orm/postgres-js/migrator'
 import * as devicesSchema from '../schemas/db/devices.ts'
 import * as telemetrySchema from '../schemas/db/telemetry.ts'
 import * as stateSchema from '../schemas/db/state.ts'
+import * as commandsSchema from '../schemas/db/commands.ts'
 
-export const schema = { ...devicesSchema, ...telemetrySchema, ...stateSchema }
+export const schema = { ...devicesSchema, ...telemetrySchema, ...stateSchema, ...commandsSchema }
 export type Schema = typeof schema
 export type Orm = PgDatabase<PgQueryResultHKT, Schema>
 

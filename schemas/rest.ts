@@ -5,6 +5,8 @@ import { DEVICE_ID_PATTERN } from './topics.ts'
 import { ERRORS, type ErrorCode } from './errors.ts'
 import { TelemetryValue } from './telemetry.ts'
 import { StateObject } from './state.ts'
+import { COMMAND_NAME_MAX, COMMAND_TTL_DEFAULT_MS, COMMAND_TTL_MAX_MS, COMMAND_TTL_MIN_MS, COMMAND_WAIT_MAX_MS } from './commands.ts'
+import { COMMAND_STATUSES } from './db/commands.ts'
 
 export const DeviceId = Type.String({ pattern: DEVICE_ID_PATTERN, description: 'letters, digits, _ and -, 1–64 characters', examples: ['kitchen-1'] })
 export const EpochMs = Type.Integer({ minimum: 0, description: 'epoch milliseconds' })
@@ -117,6 +119,36 @@ export const StatePatch = Type.Object({
   state: Type.Record(Type.String(), Type.Unknown(), { description: 'a JSON merge patch (RFC 7396) of the desired document: objects merge, null deletes a key' }),
   version: Type.Optional(Type.Integer({ minimum: 0, description: 'the desired version this patch was made against; a different stored version answers 409' })),
 }, { additionalProperties: false })
+
+export const CommandParams = Type.Object({ id: DeviceId, cmdId: Type.String({ pattern: DEVICE_ID_PATTERN }) })
+
+export const CommandCreate = Type.Object({
+  name: Type.String({ minLength: 1, maxLength: COMMAND_NAME_MAX, examples: ['reboot'] }),
+  params: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  ttlMs: Type.Optional(Type.Integer({ minimum: COMMAND_TTL_MIN_MS, maximum: COMMAND_TTL_MAX_MS, description: `how long the command may wait for an offline device; default ${COMMAND_TTL_DEFAULT_MS / 3600_000} h` })),
+  waitMs: Type.Optional(Type.Integer({ minimum: 0, maximum: COMMAND_WAIT_MAX_MS, description: 'wait up to this long for the device\'s result before answering (synchronous RPC); default 0' })),
+}, { additionalProperties: false })
+
+export const Command = Type.Object({
+  id: Type.String(),
+  deviceId: DeviceId,
+  name: Type.String(),
+  params: Type.Record(Type.String(), Type.Unknown()),
+  status: Type.Union(COMMAND_STATUSES.map(s => Type.Literal(s)), { description: 'queued → sent → succeeded | failed | expired' }),
+  createdAt: EpochMs,
+  expiresAt: EpochMs,
+  sentAt: Type.Union([EpochMs, Type.Null()]),
+  finishedAt: Type.Union([EpochMs, Type.Null()]),
+  result: Type.Optional(Type.Unknown()),
+  error: Type.Union([Type.String(), Type.Null()]),
+})
+
+export const CommandList = Type.Object({ items: Type.Array(Command) })
+
+export const CommandListQuery = Type.Object({
+  status: Type.Optional(Type.Union([...COMMAND_STATUSES.map(s => Type.Literal(s)), Type.Literal('pending')], { description: '`pending`: queued or sent and not expired, oldest first (a device polling over HTTP receives them so)' })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+})
 
 export const Health = Type.Object({
   status: Type.Union([Type.Literal('ok'), Type.Literal('degraded')]),

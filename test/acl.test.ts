@@ -7,6 +7,7 @@ import { decidePublish, decideRead, decideSubscribe, filterMatches, type Decisio
 import { decideLogin, type DeviceCredential, type Identity, type LoginContext, type LoginRequest } from '../broker/identity.ts'
 import { GroupCommitter } from '../broker/ingest.ts'
 import { buildFamilyTable } from '../broker/families.ts'
+import { CommandCenter } from '../broker/topics/commands.ts'
 import { topicMatches } from './topic-match.ts'
 import { hashToken } from '../db/devices.ts'
 import { createLogger } from '../log.ts'
@@ -23,7 +24,8 @@ const noDatabase: Database = {
   query: async () => { throw new Error('ACL decisions must not touch the database') },
   close: async () => {},
 }
-const table: FamilyTable = buildFamilyTable({ limits: { maxKeys: 64, maxPayloadBytes: 65536, maxBatchRows: 1000 }, committer, now: Date.now }, { db: noDatabase, log, now: Date.now })
+const commandCenter = new CommandCenter({ db: noDatabase, log, now: Date.now, publish: async () => { throw new Error('ACL decisions must not publish') }, isOnline: () => false })
+const table: FamilyTable = buildFamilyTable({ limits: { maxKeys: 64, maxPayloadBytes: 65536, maxBatchRows: 1000 }, committer, now: Date.now }, { db: noDatabase, log, now: Date.now }, commandCenter)
 
 const deviceA: Identity = { kind: 'device', deviceId: 'A' }
 const service: Identity = { kind: 'service', name: 'api' }

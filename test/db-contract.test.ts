@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { openDatabase, type Database } from '../db/open.ts'
 import { maintain } from '../db/maintenance.ts'
 import { allDesired, getState, mergeReported, patchDesired } from '../db/state.ts'
+import { createCommand, deliverable, expireDue, finishCommand, listCommands, markSent } from '../db/commands.ts'
 import { createLogger } from '../log.ts'
 import {
   createDevice, deleteDevice, deviceByTokenHash, getDevice, hashToken, listDevices, rotateDeviceToken, tokenMatches,
@@ -117,7 +118,7 @@ function dbContract (name: string, startBackend: () => Promise<Backend>, skipRea
           const first = await fresh.open()
           const tables = await first.query<{ table_name: string }>(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name")
-          expect(tables.map(t => t.table_name)).toEqual(['device_state', 'devices', 'telemetry', 'telemetry_hourly', 'telemetry_latest'])
+          expect(tables.map(t => t.table_name)).toEqual(['commands', 'device_state', 'devices', 'telemetry', 'telemetry_hourly', 'telemetry_latest'])
           const indexes = await first.query<{ indexname: string }>("SELECT indexname FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname")
           expect(indexes.map(i => i.indexname)).toEqual(expect.arrayContaining([
             'devices_owner_idx', 'devices_pkey', 'devices_token_hash_idx', 'telemetry_device_key_ts_idx', 'telemetry_latest_device_id_key_pk',
@@ -236,6 +237,27 @@ function dbContract (name: string, startBackend: () => Promise<Backend>, skipRea
         const reported = await mergeReported(db, 'twin', { k0: 0, extra: { deep: true } }, T0)
         expect(reported.ok && reported.row.reported).toEqual({ k0: 0, extra: { deep: true } })
         expect((await allDesired(db)).find(d => d.deviceId === 'twin')?.desiredVersion).toBe(10)
+      })
+    })
+
+    describe('commands', () => {
+      it('deliver in creation order, take one result each, refuse foreign or final ones, and expire on time', async () => {
+        const made = []
+        for (let i = 0; i < 5; i++) made.push(await createCommand(db, { deviceId: 'cmd-dev', name: `n${i}`, params: { i }, now: T0, expiresAt: T0 + 1000 }))
+        expect((await deliverable(db, 'cmd-dev', false, T0)).map(c => c.name)).toEqual(['n0', 'n1', 'n2', 'n3', 'n4'])
+        await markSent(db, [made[0]!.id, made[1]!.id], T0 + 1)
+        expect((await deliverable(db, 'cmd-dev', false, T0 + 2)).map(c => c.name)).toEqual(['n2', 'n3', 'n4'])
+        expect((await deliverable(db, 'cmd-dev', true, T0 + 2)).map(c => c.name)).toEqual(['n0', 'n1', 'n2', 'n3', 'n4'])
+        const ok = await finishCommand(db, 'cmd-dev', made[0]!.id, { ok: true, result: { a: [1, 2] } }, T0 + 3)
+        expect(ok.ok && ok.row).toMatchObject({ status: 'succeeded', result: { a: [1, 2] } })
+        expect(await finishCommand(db, 'cmd-dev', made[0]!.id, { ok: false, error: 'x' }, T0 + 4)).toEqual({ ok: false, reason: 'final', status: 'succeeded' })
+        expect(await finishCommand(db, 'other-dev', made[1]!.id, { ok: true }, T0 + 4)).toEqual({ ok: false, reason: 'not-found' })
+        const late = await finishCommand(db, 'cmd-dev', made[1]!.id, { ok: true }, T0 + 5000)
+        expect(late).toMatchObject({ ok: false, reason: 'final', status: 'expired' })
+        const expired = await expireDue(db, T0 + 1000)
+        expect(expired.map(c => c.name).sort()).toEqual(['n2', 'n3', 'n4'])
+        expect(await deliverable(db, 'cmd-dev', true, T0)).toEqual([])
+        expect((await listCommands(db, 'cmd-dev', { status: undefined, limit: 10, now: T0 })).map(c => c.name)).toEqual(['n4', 'n3', 'n2', 'n1', 'n0'])
       })
     })
 
