@@ -34,6 +34,14 @@ export function localBrokerPort (broker: Broker): BrokerPort {
       broker.commands.on('finished', listener)
       return () => { broker.commands.off('finished', listener) }
     },
+    subscribe: async (filter, handler) => {
+      const listener = (packet: { topic: string, payload: Buffer | string }, cb: () => void): void => {
+        handler(packet.topic, typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload)
+        cb()
+      }
+      await new Promise<void>(resolve => broker.aedes.subscribe(filter, listener as never, () => resolve()))
+      return () => broker.aedes.unsubscribe(filter, listener as never, () => {})
+    },
     healthy: () => !broker.aedes.closed,
     close: async () => {},
   }

@@ -22,6 +22,8 @@ export interface BrokerPort {
   finishCommand (deviceId: string, commandId: string, body: unknown): Promise<{ row: CommandRow } | Refusal>
   /** Calls `listener` with every command that reached a final status (answered or expired); returns an unsubscribe. */
   onCommandFinished (listener: (row: CommandRow) => void): () => void
+  /** Hears every message on topics matching `filter`, as the platform (no ACL); returns an unsubscribe. */
+  subscribe (filter: string, handler: (topic: string, payload: Buffer) => void): Promise<() => void>
   healthy (): boolean
   close (): Promise<void>
 }

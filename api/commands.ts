@@ -64,6 +64,7 @@ export const commandRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asy
     await mustExist(id)
     const t = now()
     const row = await createCommand(db, { deviceId: id, name: request.body.name, params: request.body.params ?? {}, now: t, expiresAt: t + (request.body.ttlMs ?? COMMAND_TTL_DEFAULT_MS) })
+    ctx.events.command(row)
     const waitMs = request.body.waitMs ?? 0
     // listen before delivering, so a fast answer is not missed
     const answer = waitMs > 0 ? finished(row, waitMs) : undefined

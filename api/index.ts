@@ -21,6 +21,7 @@ import { deviceRoutes } from './devices.ts'
 import { telemetryRoutes } from './telemetry.ts'
 import { stateRoutes } from './state.ts'
 import { commandRoutes } from './commands.ts'
+import { EventHub, eventRoutes } from './events.ts'
 import { healthRoutes } from './health.ts'
 import { mqttWebSocketRoute } from './mqtt-ws.ts'
 
@@ -42,6 +43,8 @@ export interface ApiContext {
   readonly now: () => number
   readonly mqtt: { readonly host: string, readonly port: number }
   readonly telemetryLimits: TelemetryLimits
+  readonly events: EventHub
+  readonly eventsWindow: number
 }
 
 // WebSocket frames may carry a whole MQTT packet plus a little framing; the MQTT byte guard then
@@ -76,7 +79,10 @@ export async function buildApi (config: Config, deps: ApiDeps): Promise<FastifyI
     now: deps.now ?? Date.now,
     mqtt: { host: config.broker.publicHost, port: deps.mqttPort ?? config.broker.mqttPort },
     telemetryLimits: config.telemetry,
+    events: new EventHub(config.eventsWindow),
+    eventsWindow: config.eventsWindow,
   }
+  await ctx.events.connect(deps.broker)
 
   await app.register(fastifySwagger, {
     openapi: {
@@ -111,6 +117,7 @@ export async function buildApi (config: Config, deps: ApiDeps): Promise<FastifyI
   await app.register(telemetryRoutes(ctx))
   await app.register(stateRoutes(ctx))
   await app.register(commandRoutes(ctx))
+  await app.register(eventRoutes(ctx))
   await app.register(mqttWebSocketRoute(ctx))
   // unknown routes answer ROUTE_NOT_FOUND; documented here since no route of its own returns it
   app.get('/v1', {

@@ -8,7 +8,7 @@ import mqtt from 'mqtt'
 import type { Logger } from 'pino'
 import type { Database } from '../db/open.ts'
 import { insertTelemetry, type StoredRow } from '../db/telemetry.ts'
-import { parseTopic } from '../schemas/topics.ts'
+import { parseTopic, topicMatchesFilter } from '../schemas/topics.ts'
 import type { BrokerPort, DeviceChange } from './broker-port.ts'
 import { CommandCenter } from '../broker/topics/commands.ts'
 import { getCommand } from '../db/commands.ts'
@@ -33,7 +33,9 @@ export async function connectRemoteBroker (opts: { url: string, serviceToken: st
     publish: async () => { throw new Error('the API process does not deliver commands; the broker does') },
     isOnline: id => online.has(id),
   })
+  const listeners = new Set<{ filter: string, handler: (topic: string, payload: Buffer) => void }>()
   client.on('message', (topic, payload) => {
+    for (const l of listeners) if (topicMatchesFilter(l.filter, topic)) l.handler(topic, payload)
     const parsed = parseTopic(topic)
     if (parsed.space === 'device' && parsed.family === 'commands/result' && parsed.param !== undefined) {
       void getCommand(opts.db, parsed.deviceId, parsed.param).then(row => {
@@ -74,6 +76,12 @@ export async function connectRemoteBroker (opts: { url: string, serviceToken: st
     onCommandFinished: listener => {
       center.on('finished', listener)
       return () => { center.off('finished', listener) }
+    },
+    async subscribe (filter, handler) {
+      const entry = { filter, handler }
+      listeners.add(entry)
+      await client.subscribeAsync(filter, { qos: 1 })
+      return () => { listeners.delete(entry) }
     },
     healthy: () => client.connected,
     async close () {

@@ -34,6 +34,7 @@ export interface Config {
     readonly maxBatchRows: number
   }
   readonly lastSeenFlushMs: number
+  readonly eventsWindow: number
 }
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
@@ -82,6 +83,8 @@ export const SETTINGS = [
   { env: 'ROOST_TELEMETRY_MAX_KEYS', kind: 'int', default: '64', min: 1, help: 'keys per telemetry object' },
   { env: 'ROOST_TELEMETRY_MAX_BYTES', kind: 'int', default: '65536', min: 64, help: 'largest telemetry payload' },
   { env: 'ROOST_TELEMETRY_MAX_ROWS', kind: 'int', default: '1000', min: 1, help: 'objects in one telemetry array' },
+  // 10,000 events is minutes of a busy fleet's presence, state and command changes: enough to ride out a reconnect
+  { env: 'ROOST_EVENTS_WINDOW', kind: 'int', default: '10000', min: 1, help: 'events kept for Server-Sent Events clients resuming with Last-Event-ID' },
   { env: 'ROOST_LAST_SEEN_FLUSH_MS', kind: 'int', default: '5000', min: 10, help: 'how often lastSeen times are written, in one statement' },
 ] as const satisfies readonly Setting[]
 
@@ -206,6 +209,7 @@ export function loadConfig (argv: readonly string[], env: Readonly<Record<string
       maxBatchRows: int('ROOST_TELEMETRY_MAX_ROWS'),
     },
     lastSeenFlushMs: int('ROOST_LAST_SEEN_FLUSH_MS'),
+    eventsWindow: int('ROOST_EVENTS_WINDOW'),
   }
   return deepFreeze(config)
 }

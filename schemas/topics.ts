@@ -107,3 +107,15 @@ export function deviceTopic (deviceId: string, family: Family, param?: string): 
   const levels = FAMILIES[family].levels.map(l => (l === '+' ? (param as string) : l))
   return `devices/${deviceId}/${levels.join('/')}`
 }
+
+/** Does an MQTT topic filter match a topic name [MQTT-4.7.1]? `$` topics only match filters naming their root [MQTT-4.7.2-1]. */
+export function topicMatchesFilter (filter: string, topic: string): boolean {
+  if (topic.startsWith('$') && (filter.startsWith('+') || filter.startsWith('#'))) return false
+  const f = filter.split('/')
+  const t = topic.split('/')
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === '#') return true
+    if (i >= t.length || (f[i] !== '+' && f[i] !== t[i])) return false
+  }
+  return f.length === t.length
+}

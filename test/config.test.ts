@@ -60,6 +60,7 @@ describe('defaults', () => {
       openai: { apiKey: undefined, baseUrl: 'https://api.openai.com/v1', realtimeModel: 'gpt-realtime' },
       telemetry: { maxKeys: 64, maxPayloadBytes: 65_536, maxBatchRows: 1000 },
       lastSeenFlushMs: 5000,
+      eventsWindow: 10_000,
     } satisfies Config)
   })
 
