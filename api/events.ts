@@ -4,15 +4,13 @@
 import type { ServerResponse } from 'node:http'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
-import { errorResponses } from '../schemas/rest.ts'
+import { EVENT_TYPES, errorResponses, type EventType } from '../schemas/rest.ts'
 import { parseTopic } from '../schemas/topics.ts'
 import type { CommandRow } from '../schemas/db/commands.ts'
 import type { BrokerPort } from './broker-port.ts'
 import { authErrors } from './auth.ts'
 import type { ApiContext } from './index.ts'
 
-export const EVENT_TYPES = ['presence', 'state', 'command', 'telemetry'] as const
-export type EventType = typeof EVENT_TYPES[number]
 
 export interface HubEvent {
   readonly id: number

@@ -22,6 +22,8 @@ import { telemetryRoutes } from './telemetry.ts'
 import { stateRoutes } from './state.ts'
 import { commandRoutes } from './commands.ts'
 import { EventHub, eventRoutes } from './events.ts'
+import { WebhookDispatcher } from './webhook-dispatch.ts'
+import { webhookRoutes } from './webhooks.ts'
 import { healthRoutes } from './health.ts'
 import { mqttWebSocketRoute } from './mqtt-ws.ts'
 
@@ -45,6 +47,7 @@ export interface ApiContext {
   readonly telemetryLimits: TelemetryLimits
   readonly events: EventHub
   readonly eventsWindow: number
+  readonly webhooks: WebhookDispatcher
 }
 
 // WebSocket frames may carry a whole MQTT packet plus a little framing; the MQTT byte guard then
@@ -81,8 +84,12 @@ export async function buildApi (config: Config, deps: ApiDeps): Promise<FastifyI
     telemetryLimits: config.telemetry,
     events: new EventHub(config.eventsWindow),
     eventsWindow: config.eventsWindow,
+    webhooks: new WebhookDispatcher({ db: deps.db, log: deps.log.child({ part: 'webhooks' }), ...config.webhooks }),
   }
   await ctx.events.connect(deps.broker)
+  await ctx.webhooks.start()
+  ctx.events.listen(e => ctx.webhooks.onEvent(e))
+  app.addHook('onClose', async () => { await ctx.webhooks.stop() })
 
   await app.register(fastifySwagger, {
     openapi: {
@@ -118,6 +125,7 @@ export async function buildApi (config: Config, deps: ApiDeps): Promise<FastifyI
   await app.register(stateRoutes(ctx))
   await app.register(commandRoutes(ctx))
   await app.register(eventRoutes(ctx))
+  await app.register(webhookRoutes(ctx))
   await app.register(mqttWebSocketRoute(ctx))
   // unknown routes answer ROUTE_NOT_FOUND; documented here since no route of its own returns it
   app.get('/v1', {

@@ -16,8 +16,9 @@ import * as devicesSchema from '../schemas/db/devices.ts'
 import * as telemetrySchema from '../schemas/db/telemetry.ts'
 import * as stateSchema from '../schemas/db/state.ts'
 import * as commandsSchema from '../schemas/db/commands.ts'
+import * as webhooksSchema from '../schemas/db/webhooks.ts'
 
-export const schema = { ...devicesSchema, ...telemetrySchema, ...stateSchema, ...commandsSchema }
+export const schema = { ...devicesSchema, ...telemetrySchema, ...stateSchema, ...commandsSchema, ...webhooksSchema }
 export type Schema = typeof schema
 export type Orm = PgDatabase<PgQueryResultHKT, Schema>
 

@@ -35,6 +35,7 @@ export interface Config {
   }
   readonly lastSeenFlushMs: number
   readonly eventsWindow: number
+  readonly webhooks: { readonly retryWindowMs: number, readonly timeoutMs: number }
 }
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
@@ -85,6 +86,8 @@ export const SETTINGS = [
   { env: 'ROOST_TELEMETRY_MAX_ROWS', kind: 'int', default: '1000', min: 1, help: 'objects in one telemetry array' },
   // 10,000 events is minutes of a busy fleet's presence, state and command changes: enough to ride out a reconnect
   { env: 'ROOST_EVENTS_WINDOW', kind: 'int', default: '10000', min: 1, help: 'events kept for Server-Sent Events clients resuming with Last-Event-ID' },
+  { env: 'ROOST_WEBHOOK_RETRY_WINDOW_MS', kind: 'int', default: String(3600 * 1000), min: 1000, help: 'how long a webhook delivery is retried (exponential backoff with jitter) before it is marked failed' },
+  { env: 'ROOST_WEBHOOK_TIMEOUT_MS', kind: 'int', default: '10000', min: 100, help: 'how long one webhook attempt may take' },
   { env: 'ROOST_LAST_SEEN_FLUSH_MS', kind: 'int', default: '5000', min: 10, help: 'how often lastSeen times are written, in one statement' },
 ] as const satisfies readonly Setting[]
 
@@ -210,6 +213,7 @@ export function loadConfig (argv: readonly string[], env: Readonly<Record<string
     },
     lastSeenFlushMs: int('ROOST_LAST_SEEN_FLUSH_MS'),
     eventsWindow: int('ROOST_EVENTS_WINDOW'),
+    webhooks: { retryWindowMs: int('ROOST_WEBHOOK_RETRY_WINDOW_MS'), timeoutMs: int('ROOST_WEBHOOK_TIMEOUT_MS') },
   }
   return deepFreeze(config)
 }

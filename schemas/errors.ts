@@ -26,6 +26,7 @@ export const ERRORS = {
   PAYLOAD_TOO_LARGE: { status: 413, message: 'the payload is larger than {limit} bytes', surface: 'both' },
   COMMAND_NOT_FOUND: { status: 404, message: 'device "{id}" has no command "{command}"', surface: 'both' },
   COMMAND_FINAL: { status: 409, message: 'command "{command}" is already {status}; a result is taken once, before it expires', surface: 'both' },
+  WEBHOOK_NOT_FOUND: { status: 404, message: 'no webhook with id "{id}"', surface: 'rest' },
   STATE_VERSION_CONFLICT: { status: 409, message: 'desired state is at version {current}, not {expected}; read it again and retry', surface: 'rest' },
   VALIDATION_FAILED: { status: 400, message: 'the request is not valid: {detail}', surface: 'rest' },
   QUERY_INVALID: { status: 400, message: 'the query is not valid: {detail}', surface: 'rest' },

@@ -7,6 +7,7 @@ import { TelemetryValue } from './telemetry.ts'
 import { StateObject } from './state.ts'
 import { COMMAND_NAME_MAX, COMMAND_TTL_DEFAULT_MS, COMMAND_TTL_MAX_MS, COMMAND_TTL_MIN_MS, COMMAND_WAIT_MAX_MS } from './commands.ts'
 import { COMMAND_STATUSES } from './db/commands.ts'
+import { DELIVERY_STATUSES } from './db/webhooks.ts'
 
 export const DeviceId = Type.String({ pattern: DEVICE_ID_PATTERN, description: 'letters, digits, _ and -, 1–64 characters', examples: ['kitchen-1'] })
 export const EpochMs = Type.Integer({ minimum: 0, description: 'epoch milliseconds' })
@@ -147,6 +148,51 @@ export const CommandList = Type.Object({ items: Type.Array(Command) })
 
 export const CommandListQuery = Type.Object({
   status: Type.Optional(Type.Union([...COMMAND_STATUSES.map(s => Type.Literal(s)), Type.Literal('pending')], { description: '`pending`: queued or sent and not expired, oldest first (a device polling over HTTP receives them so)' })),
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
+})
+
+// the kinds of event /v1/events streams and webhooks receive
+export const EVENT_TYPES = ['presence', 'state', 'command', 'telemetry'] as const
+export type EventType = typeof EVENT_TYPES[number]
+
+export const WebhookEventType = Type.Union(EVENT_TYPES.map(t => Type.Literal(t)))
+
+export const WebhookCreate = Type.Object({
+  url: Type.String({ pattern: '^https?://', maxLength: 2048, description: 'where deliveries are POSTed' }),
+  events: Type.Array(WebhookEventType, { minItems: 1, uniqueItems: true, description: 'event types, as in /v1/events' }),
+  deviceIds: Type.Optional(Type.Array(DeviceId, { minItems: 1, uniqueItems: true, description: 'only these devices; every device when absent' })),
+}, { additionalProperties: false })
+
+export const Webhook = Type.Object({
+  id: Type.String(),
+  url: Type.String(),
+  events: Type.Array(Type.String()),
+  deviceIds: Type.Union([Type.Array(Type.String()), Type.Null()]),
+  createdAt: EpochMs,
+})
+
+export const WebhookCreated = Type.Composite([Webhook, Type.Object({
+  secret: Type.String({ description: 'shown once: each delivery carries x-roost-signature: sha256=HMAC-SHA256(secret, body) in hex' }),
+})])
+
+export const WebhookParams = Type.Object({ id: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }) })
+
+export const Delivery = Type.Object({
+  id: Type.String(),
+  event: Type.String(),
+  deviceId: Type.String(),
+  status: Type.Union(DELIVERY_STATUSES.map(t => Type.Literal(t))),
+  attempts: Type.Integer(),
+  lastStatus: Type.Union([Type.Integer(), Type.Null()], { description: 'HTTP status of the last attempt' }),
+  lastError: Type.Union([Type.String(), Type.Null()]),
+  createdAt: EpochMs,
+  nextAttemptAt: Type.Union([EpochMs, Type.Null()], { description: 'when a pending delivery is tried next' }),
+  finishedAt: Type.Union([EpochMs, Type.Null()]),
+  body: Type.String({ description: 'the JSON sent' }),
+})
+
+export const DeliveryQuery = Type.Object({
+  status: Type.Optional(Type.Union(DELIVERY_STATUSES.map(t => Type.Literal(t)))),
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
 })
 

@@ -61,6 +61,7 @@ describe('defaults', () => {
       telemetry: { maxKeys: 64, maxPayloadBytes: 65_536, maxBatchRows: 1000 },
       lastSeenFlushMs: 5000,
       eventsWindow: 10_000,
+      webhooks: { retryWindowMs: 3_600_000, timeoutMs: 10_000 },
     } satisfies Config)
   })
 
