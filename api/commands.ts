@@ -7,7 +7,7 @@ import { CommandResultBody, COMMAND_TTL_DEFAULT_MS } from '../schemas/commands.t
 import { RoostError } from '../schemas/errors.ts'
 import type { CommandRow } from '../schemas/db/commands.ts'
 import { getDevice } from '../db/devices.ts'
-import { createCommand, getCommand, listCommands, markSent } from '../db/commands.ts'
+import { commandStore, getCommand, listCommands, markSent } from '../db/commands.ts'
 import { authErrors } from './auth.ts'
 import type { ApiContext } from './index.ts'
 
@@ -29,6 +29,11 @@ function view (row: CommandRow): typeof Command.static {
 
 export const commandRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => async app => {
   const { db, broker, now } = ctx
+  const store = commandStore(db)
+  // POSTs waiting for their command's result, by command id: one listener for all of them
+  const waiters = new Map<string, (row: CommandRow) => void>()
+  const stopListening = broker.onCommandFinished(row => waiters.get(row.id)?.(row))
+  app.addHook('onClose', async () => { stopListening() })
 
   async function mustExist (id: string): Promise<void> {
     if (await getDevice(db, id) === undefined) throw new RoostError('DEVICE_NOT_FOUND', { id })
@@ -42,10 +47,10 @@ export const commandRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asy
         if (done) return
         done = true
         clearTimeout(timer)
-        unsubscribe()
+        waiters.delete(row.id)
         resolve(r)
       }
-      const unsubscribe = broker.onCommandFinished(r => { if (r.id === row.id) finish(r) })
+      waiters.set(row.id, finish)
       const timer = setTimeout(() => { void getCommand(db, row.deviceId, row.id).then(r => finish(r ?? row), () => finish(row)) }, ms)
     })
   }
@@ -61,9 +66,9 @@ export const commandRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asy
     },
   }, async (request, reply) => {
     const id = request.params.id
-    await mustExist(id)
     const t = now()
-    const row = await createCommand(db, { deviceId: id, name: request.body.name, params: request.body.params ?? {}, now: t, expiresAt: t + (request.body.ttlMs ?? COMMAND_TTL_DEFAULT_MS) })
+    const row = await store.create({ deviceId: id, name: request.body.name, params: request.body.params ?? {}, now: t, expiresAt: t + (request.body.ttlMs ?? COMMAND_TTL_DEFAULT_MS) })
+    if (row === undefined) throw new RoostError('DEVICE_NOT_FOUND', { id })
     ctx.events.command(row)
     const waitMs = request.body.waitMs ?? 0
     // listen before delivering, so a fast answer is not missed

@@ -1,5 +1,6 @@
-// The Roost broker under test, in its own process: `roost broker` on the config the orchestrator passes
-// in the environment, answering memory and row-count requests over IPC.
+// The Roost broker under test, in its own process: `roost broker` (or, for the commands benchmark, broker
+// and API as `roost start` runs them) on the config the orchestrator passes in the environment,
+// answering memory and row-count requests over IPC.
 
 import { loadConfig } from '../schemas/config.ts'
 import { createLogger } from '../log.ts'
@@ -7,11 +8,12 @@ import { resolveSecrets } from '../secrets.ts'
 import { startPlatform } from '../platform.ts'
 import { serveParent } from './process.ts'
 import { collectGarbage, memorySample } from './memory.ts'
+import { roostParts } from './settings.ts'
 
 // the benchmark passes a generated config in the environment, as `roost broker` would read it
 const config = resolveSecrets(loadConfig([], process.env)).config
 const log = createLogger(config.log.level)
-const platform = await startPlatform(config, log, ['broker'])
+const platform = await startPlatform(config, log, roostParts(process.env))
 
 serveParent({
   memory: async () => { await collectGarbage(); return memorySample() },
@@ -21,4 +23,4 @@ serveParent({
     return Number(rows[0]?.n ?? 0)
   },
   stop: () => platform.close(),
-}, { port: platform.ports.mqtt })
+}, { port: platform.ports.mqtt, httpPort: platform.ports.http })

@@ -11,7 +11,7 @@ import { cleanUpOnInterrupt, NodeChild, rssBytes } from './process.ts'
 import { seedDevices, type BenchDevice } from './devices.ts'
 import { startMosquitto } from './mosquitto.ts'
 import type { MemorySample } from './memory.ts'
-import { childBaseEnv, type Settings } from './settings.ts'
+import { childBaseEnv, ROOST_PARTS_ENV, type Settings } from './settings.ts'
 
 export type BrokerKind = 'roost' | 'aedes' | 'mosquitto'
 
@@ -34,6 +34,9 @@ export interface BrokerMemory {
 export interface RoostUnderTest extends BrokerUnderTest {
   readonly devices: readonly BenchDevice[]
   readonly serviceToken: string
+  /** The REST API's port and admin token, when started with `api: true` (else undefined). */
+  readonly httpPort: number | undefined
+  readonly adminToken: string
   /** Rows in the telemetry table, counted by the broker process (the one that holds the database). */
   telemetryRows (): Promise<number>
 }
@@ -49,6 +52,8 @@ const NODE_BROKER_ARGS = ['--expose-gc']
 const SEMI_SPACE_MIB = 16
 const FIXED_YOUNG_GENERATION = [`--min-semi-space-size=${SEMI_SPACE_MIB}`, `--max-semi-space-size=${SEMI_SPACE_MIB}`]
 
+/** What the Roost child says once listening (bench/broker-roost.ts). */
+export interface RoostHello { readonly port: number, readonly httpPort?: number }
 export interface NodeBrokerOptions {
   readonly settings: Settings
   // open connections to expect, for the file-descriptor limit
@@ -75,7 +80,7 @@ function nodeMemory (child: NodeChild): () => Promise<BrokerMemory> {
   }
 }
 
-export async function startRoostBroker (opts: NodeBrokerOptions & { db: 'pglite' | 'postgres', deviceIds: readonly string[] }): Promise<RoostUnderTest> {
+export async function startRoostBroker (opts: NodeBrokerOptions & { db: 'pglite' | 'postgres', deviceIds: readonly string[], api?: boolean }): Promise<RoostUnderTest> {
   let pg: PostgresServer | undefined
   if (opts.db === 'postgres') pg = await startPostgres()
   await buildPgliteTemplate() // no-op once the test suite (or an earlier run) built it
@@ -90,9 +95,10 @@ export async function startRoostBroker (opts: NodeBrokerOptions & { db: 'pglite'
     let devices: BenchDevice[]
     try { devices = await seedDevices(db, opts.deviceIds) } finally { await db.close() }
     const roostEnv = testEnv(dataDir, { ROOST_LOG_LEVEL: 'warn', ...(pg !== undefined ? { DATABASE_URL: pg.url } : {}) })
-    const env: Record<string, string> = { ...childBaseEnv(), ...roostEnv }
-    const kind = `roost-${opts.db}`
-    const { child, hello } = await NodeChild.start<{ port: number }>('./broker-roost.ts', {
+    // with the API, `roost start` in one process: REST on an ephemeral port (testEnv's ROOST_HTTP_PORT=0)
+    const env: Record<string, string> = { ...childBaseEnv(), ...roostEnv, ...(opts.api === true ? { [ROOST_PARTS_ENV]: 'broker,api' } : {}) }
+    const kind = `roost-${opts.db}${opts.api === true ? '-api' : ''}`
+    const { child, hello } = await NodeChild.start<RoostHello>('./broker-roost.ts', {
       name: kind,
       core: opts.settings.placement.broker,
       fdLimit: opts.connections + SPARE_FDS,
@@ -106,6 +112,8 @@ export async function startRoostBroker (opts: NodeBrokerOptions & { db: 'pglite'
       pid: child.pid,
       devices,
       serviceToken: roostEnv.ROOST_SERVICE_TOKEN as string,
+      httpPort: hello.httpPort,
+      adminToken: roostEnv.ROOST_ADMIN_TOKEN as string,
       memory: nodeMemory(child),
       telemetryRows: () => child.call<number>('telemetryRows'),
       async stop () {

@@ -1,9 +1,10 @@
-// `npm run bench [-- relay | ingest | idle ...]`: runs the benchmarks, prints their tables and writes
+// `npm run bench [-- relay | ingest | idle | commands ...]`: runs the benchmarks, prints their tables and writes
 // bench/results/<name>-<timestamp>.json plus a bench/results/latest.json summary. Benchmarks are not tests.
 
 import { relayBenchmark } from './relay.ts'
 import { ingestBenchmark } from './ingest.ts'
 import { idleBenchmark } from './idle.ts'
+import { commandsBenchmark } from './commands.ts'
 import { loadSettings, usage, type BenchName, type Settings } from './settings.ts'
 import { machine, printReport, writeResults, type BenchReport } from './report.ts'
 import { cleanUpAll } from './process.ts'
@@ -12,6 +13,7 @@ const RUNNERS: Record<BenchName, (s: Settings) => Promise<BenchReport>> = {
   relay: relayBenchmark,
   ingest: ingestBenchmark,
   idle: idleBenchmark,
+  commands: commandsBenchmark,
 }
 
 // ^C mid-run: stop brokers, Postgres and Mosquitto, and remove their data dirs, before exiting

@@ -2,8 +2,9 @@
 // The only bench module that reads process.env, as schemas/config.ts is for Roost itself.
 
 import { placement, type Placement } from './process.ts'
+import type { Part } from '../platform.ts'
 
-export const BENCHMARKS = ['relay', 'ingest', 'idle'] as const
+export const BENCHMARKS = ['relay', 'ingest', 'idle', 'commands'] as const
 export type BenchName = typeof BENCHMARKS[number]
 export const BROKERS = ['roost', 'aedes', 'mosquitto'] as const
 export type BrokerName = typeof BROKERS[number]
@@ -22,6 +23,7 @@ export interface Settings {
   readonly ingestDevices: number
   readonly idleConnections: number
   readonly connectConcurrency: number
+  readonly commandDevices: number
   readonly profile: boolean
   readonly placement: Placement
 }
@@ -52,6 +54,7 @@ const INTS = {
   // below Mosquitto's listen backlog (100): more SYNs than that waiting for accept() are dropped and
   // retried a second later, which measures TCP's retry timer instead of the broker
   concurrency: { env: 'BENCH_CONNECT_CONCURRENCY', default: 50, min: 1, help: 'logins in progress at once while opening idle connections' },
+  commandDevices: { env: 'BENCH_COMMAND_DEVICES', default: 100, min: 1, help: 'devices in the commands benchmark, each with one HTTP loop sending it commands back to back' },
 } as const satisfies Record<string, IntSetting>
 
 export function usage (): string {
@@ -97,11 +100,20 @@ export function loadSettings (argv: readonly string[], env: Readonly<Record<stri
     ingestDevices: int(INTS.devices),
     idleConnections: int(INTS.connections),
     connectConcurrency: int(INTS.concurrency),
+    commandDevices: int(INTS.commandDevices),
     profile: env.BENCH_PROFILE === '1' || env.BENCH_PROFILE === 'true',
     placement: placement(),
   }
   if (problems.length > 0) throw new Error(problems.join('\n') + '\n\n' + usage())
   return settings
+}
+
+/** Tells the Roost child (bench/broker-roost.ts) which parts to start: `broker` (the default) or `broker,api`. */
+export const ROOST_PARTS_ENV = 'BENCH_ROOST_PARTS'
+
+/** The parts the Roost child starts, from the variable its parent set (read in the child). */
+export function roostParts (env: Readonly<Record<string, string | undefined>>): Part[] {
+  return env[ROOST_PARTS_ENV] === 'broker,api' ? ['broker', 'api'] : ['broker']
 }
 
 /** What a broker child needs from our environment (no ROOST_* or DATABASE_URL of the caller's shell). */

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { openDatabase, type Database } from '../db/open.ts'
 import { maintain } from '../db/maintenance.ts'
 import { allDesired, getState, mergeReported, patchDesired } from '../db/state.ts'
-import { createCommand, deliverable, expireDue, finishCommand, listCommands, markSent } from '../db/commands.ts'
+import { CommandStore, createCommand, deliverable, expireDue, finishCommand, listCommands, markSent } from '../db/commands.ts'
 import { createLogger } from '../log.ts'
 import {
   createDevice, deleteDevice, deviceByTokenHash, getDevice, hashToken, listDevices, rotateDeviceToken, tokenMatches,
@@ -258,6 +258,42 @@ function dbContract (name: string, startBackend: () => Promise<Backend>, skipRea
         expect(expired.map(c => c.name).sort()).toEqual(['n2', 'n3', 'n4'])
         expect(await deliverable(db, 'cmd-dev', true, T0)).toEqual([])
         expect((await listCommands(db, 'cmd-dev', { status: undefined, limit: 10, now: T0 })).map(c => c.name)).toEqual(['n4', 'n3', 'n2', 'n1', 'n0'])
+      })
+
+      it('batched: concurrent creates, claims and results share statements and keep each call\'s own answer', async () => {
+        for (const id of ['batch-a', 'batch-b']) await createDevice(db, { id }, T0)
+        const commands = new CommandStore(db)
+        const made = await Promise.all([
+          commands.create({ deviceId: 'batch-a', name: 'a0', params: { n: 1 }, now: T0, expiresAt: T0 + 1000 }),
+          commands.create({ deviceId: 'batch-b', name: 'b0', params: {}, now: T0, expiresAt: T0 + 1000 }),
+          commands.create({ deviceId: 'batch-a', name: 'a1', params: {}, now: T0, expiresAt: T0 + 1000 }),
+          commands.create({ deviceId: 'no-such-device', name: 'x', params: {}, now: T0, expiresAt: T0 + 1000 }),
+        ])
+        expect(made.map(c => c?.name)).toEqual(['a0', 'b0', 'a1', undefined])
+        expect(made[0]).toMatchObject({ status: 'queued', params: { n: 1 }, createdAt: T0, expiresAt: T0 + 1000, sentAt: null })
+        const [a, b, again] = await Promise.all([
+          commands.claimDeliverable('batch-a', false, T0 + 1),
+          commands.claimDeliverable('batch-b', false, T0 + 1),
+          commands.claimDeliverable('batch-a', false, T0 + 1),
+        ])
+        expect(a.map(c => c.name)).toEqual(['a0', 'a1'])
+        expect(a.every(c => c.status === 'sent' && c.sentAt === T0 + 1)).toBe(true)
+        expect(b.map(c => c.name)).toEqual(['b0'])
+        expect(again).toEqual([])
+        // claimed once: only a resend (a new session) gets them again, with their first sent time
+        expect(await commands.claimDeliverable('batch-a', false, T0 + 2)).toEqual([])
+        expect((await commands.claimDeliverable('batch-a', true, T0 + 2)).map(c => [c.name, c.sentAt])).toEqual([['a0', T0 + 1], ['a1', T0 + 1]])
+        const [ok, failed, twice, foreign] = await Promise.all([
+          commands.finish('batch-a', made[0]!.id, { ok: true, result: 'pong' }, T0 + 3),
+          commands.finish('batch-b', made[1]!.id, { ok: false, error: 'jammed' }, T0 + 3),
+          commands.finish('batch-a', made[0]!.id, { ok: true, result: 'again' }, T0 + 3),
+          commands.finish('batch-b', made[2]!.id, { ok: true }, T0 + 3),
+        ])
+        expect(ok).toMatchObject({ ok: true, row: { status: 'succeeded', result: 'pong', finishedAt: T0 + 3 } })
+        expect(failed).toMatchObject({ ok: true, row: { status: 'failed', error: 'jammed', result: null } })
+        expect(twice).toEqual({ ok: false, reason: 'final', status: 'succeeded' })
+        expect(foreign).toEqual({ ok: false, reason: 'not-found' })
+        expect(await commands.finish('batch-a', made[2]!.id, { ok: true }, T0 + 5000)).toMatchObject({ ok: false, reason: 'final', status: 'expired' })
       })
     })
 

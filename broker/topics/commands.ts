@@ -9,7 +9,7 @@ import { parseCommandResult, type CommandMessage } from '../../schemas/commands.
 import { deviceTopic } from '../../schemas/topics.ts'
 import type { CommandRow } from '../../schemas/db/commands.ts'
 import type { Database } from '../../db/open.ts'
-import { deliverable, expireDue, finishCommand, markSent } from '../../db/commands.ts'
+import { commandStore, expireDue, type CommandStore } from '../../db/commands.ts'
 
 // expiry is checked this often; a command's `expiresAt` travels with it, so a device can also judge
 const SWEEP_MS = 1000
@@ -26,8 +26,12 @@ export interface CommandDeps {
 export class CommandCenter extends EventEmitter<{ finished: [CommandRow] }> {
   private readonly chains = new Map<string, Promise<void>>()
   private timer: NodeJS.Timeout | undefined
+  private readonly store: CommandStore
 
-  constructor (private readonly deps: CommandDeps) { super() }
+  constructor (private readonly deps: CommandDeps) {
+    super()
+    this.store = commandStore(deps.db)
+  }
 
   start (): void {
     this.timer = setInterval(() => { void this.sweep() }, SWEEP_MS)
@@ -47,15 +51,14 @@ export class CommandCenter extends EventEmitter<{ finished: [CommandRow] }> {
     const step = async (): Promise<void> => {
       if (!this.deps.isOnline(deviceId)) return
       const now = this.deps.now()
-      const rows = await deliverable(this.deps.db, deviceId, resend, now)
+      const rows = await this.store.claimDeliverable(deviceId, resend, now)
       for (const row of rows) {
         const message: CommandMessage = { name: row.name, params: row.params, expiresAt: row.expiresAt }
         await this.deps.publish(deviceTopic(deviceId, 'commands', row.id), Buffer.from(JSON.stringify(message)), { qos: 1, retain: false })
       }
-      await markSent(this.deps.db, rows.filter(r => r.status === 'queued').map(r => r.id), now)
     }
     const next = (this.chains.get(deviceId) ?? Promise.resolve()).then(step).catch((err: unknown) => {
-      // the commands stay queued in the database and go out at the next connect or command
+      // the commands stay open in the database and go out at the device's next connect
       this.deps.log.warn({ err, deviceId }, 'command delivery failed')
     })
     this.chains.set(deviceId, next)
@@ -67,7 +70,7 @@ export class CommandCenter extends EventEmitter<{ finished: [CommandRow] }> {
   async finish (deviceId: string, commandId: string, payload: Buffer | unknown): Promise<{ row: CommandRow } | Refusal> {
     const outcome = parseCommandResult(payload)
     if (typeof outcome === 'string') return { code: 'PAYLOAD_INVALID', detail: outcome }
-    const result = await finishCommand(this.deps.db, deviceId, commandId, outcome, this.deps.now())
+    const result = await this.store.finish(deviceId, commandId, outcome, this.deps.now())
     if (result.ok) {
       this.emit('finished', result.row)
       return { row: result.row }

@@ -22,6 +22,8 @@ export const commands = pgTable('commands', {
 }, t => [
   // a device's commands in order: delivery at connect, the device's pending list, the admin's history
   index('commands_device_created_idx').on(t.deviceId, t.createdAt),
+  // what is still to deliver, without reading a device's finished history (which only grows)
+  index('commands_device_open_idx').on(t.deviceId, t.createdAt, t.id).where(sql`status IN ('queued', 'sent')`),
   // the expiry sweep reads only unfinished commands by expiry time
   index('commands_open_expiry_idx').on(t.expiresAt).where(sql`status IN ('queued', 'sent')`),
 ])

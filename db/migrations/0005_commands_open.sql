@@ -1,0 +1,1 @@
+CREATE INDEX "commands_device_open_idx" ON "commands" USING btree ("device_id","created_at","id") WHERE status IN ('queued', 'sent');
