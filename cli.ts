@@ -9,18 +9,20 @@ import { openDatabase } from './db/open.ts'
 import { createDevice } from './db/devices.ts'
 
 const USAGE = `usage:
-  roost start [--flag value ...]       broker and API on the embedded database (or DATABASE_URL)
+  roost start [--flag value ...]       broker, API and (with OPENAI_API_KEY) the voice bridge on the embedded database (or DATABASE_URL)
   roost broker [--flag value ...]      the MQTT broker alone
   roost api [--flag value ...]         the REST API alone, using the broker at ROOST_BROKER_URL
+  roost bridge [--flag value ...]      the voice bridge alone, using the broker at ROOST_BROKER_URL (needs OPENAI_API_KEY)
   roost device add <id> [--name text]  create a device; prints its token and a mosquitto_pub line
 Settings come from flags, then environment variables, then defaults; see README.md.`
 
 async function main (argv: string[]): Promise<number> {
   const [command, ...rest] = argv
   switch (command) {
-    case 'start': return await serve(rest, ['broker', 'api'])
+    case 'start': return await serve(rest, ['broker', 'api', 'bridge'])
     case 'broker': return await serve(rest, ['broker'])
     case 'api': return await serve(rest, ['api'])
+    case 'bridge': return await serve(rest, ['bridge'])
     case 'device':
       if (rest[0] === 'add') return await deviceAdd(rest.slice(1))
       break

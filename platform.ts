@@ -1,5 +1,6 @@
 // Composes Roost's parts: opens the database, builds broker and API, connects them, starts listening.
-// `roost start` runs both; `roost broker` and `roost api` run one each.
+// `roost start` runs them all (the voice bridge when OPENAI_API_KEY is set); `roost broker`, `roost api` and
+// `roost bridge` run one each.
 
 import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
@@ -9,14 +10,18 @@ import { openDatabase, type Database } from './db/open.ts'
 import { scheduleMaintenance } from './db/maintenance.ts'
 import { buildBroker, type Broker } from './broker/index.ts'
 import type { BrokerPort } from './api/broker-port.ts'
+import { LoginGuard } from './api/lockout.ts'
+import { userAuthFor } from './api/user-auth.ts'
+import type { Bridge } from './bridge/index.ts'
 
-export type Part = 'broker' | 'api'
+export type Part = 'broker' | 'api' | 'bridge'
 
 export interface Platform {
   readonly config: Config
   readonly db: Database
   readonly broker: Broker | undefined
   readonly api: FastifyInstance | undefined
+  readonly bridge: Bridge | undefined
   readonly ports: { readonly mqtt?: number, readonly mqtts?: number, readonly http?: number }
   close (): Promise<void>
 }
@@ -47,7 +52,7 @@ export function localBrokerPort (broker: Broker): BrokerPort {
   }
 }
 
-export async function startPlatform (config: Config, log: Logger, parts: readonly Part[] = ['broker', 'api']): Promise<Platform> {
+export async function startPlatform (config: Config, log: Logger, parts: readonly Part[] = ['broker', 'api', 'bridge']): Promise<Platform> {
   const db = await openDatabase({ url: config.db.url, dataDir: config.dataDir })
   log.info({ database: db.kind === 'pglite' ? `embedded PGlite in ${config.dataDir}` : 'Postgres server' }, 'database ready')
   const stopMaintenance = scheduleMaintenance(db, log)
@@ -57,10 +62,15 @@ export async function startPlatform (config: Config, log: Logger, parts: readonl
   let broker: Broker | undefined
   let api: FastifyInstance | undefined
   let port: BrokerPort | undefined
+  let bridge: Bridge | undefined
   const ports: { mqtt?: number, mqtts?: number, http?: number } = {}
   try {
+    // one credential service and one login guard for both parts: a revoked key closes MQTT connections
+    // made with it, and failures over REST and MQTT count together
+    const users = userAuthFor(config, db)
+    const guard = new LoginGuard({ addressThreshold: config.loginAddressFailures })
     if (parts.includes('broker')) {
-      broker = buildBroker(config, { db, log: log.child({ part: 'broker' }), registry })
+      broker = buildBroker(config, { db, log: log.child({ part: 'broker' }), registry, apps: users, guard })
       const listening = await broker.listen()
       ports.mqtt = listening.mqttPort
       if (listening.mqttsPort !== undefined) ports.mqtts = listening.mqttsPort
@@ -71,12 +81,26 @@ export async function startPlatform (config: Config, log: Logger, parts: readonl
       port = broker !== undefined
         ? localBrokerPort(broker)
         : await (await import('./api/remote-broker.ts')).connectRemoteBroker({ url: config.broker.url, serviceToken: config.auth.serviceToken as string, db, log })
-      api = await buildApi(config, { db, log: log.child({ part: 'api' }), registry, broker: port, mqttPort: ports.mqtt })
+      api = await buildApi(config, { db, log: log.child({ part: 'api' }), registry, broker: port, mqttPort: ports.mqtt, users, lockout: guard })
       await api.listen({ port: config.http.port, host: config.http.host })
       const address = api.server.address()
       ports.http = typeof address === 'object' && address !== null ? address.port : config.http.port
     }
+    if (parts.includes('bridge')) {
+      if (config.openai.apiKey === undefined) {
+        // alone, a bridge without a key has nothing to do; inside `roost start` voice is simply off
+        if (parts.length === 1) throw new Error('roost bridge needs OPENAI_API_KEY (voice is off without it)')
+        log.info('voice off: OPENAI_API_KEY is not set')
+      } else {
+        const { startBridge } = await import('./bridge/index.ts')
+        // in one process the bridge logs in to this broker over loopback like any service
+        const host = config.broker.host === '0.0.0.0' || config.broker.host === '::' ? '127.0.0.1' : config.broker.host
+        const brokerUrl = ports.mqtt !== undefined ? `mqtt://${host.includes(':') ? `[${host}]` : host}:${ports.mqtt}` : config.broker.url
+        bridge = await startBridge(config, log.child({ part: 'bridge' }), { brokerUrl })
+      }
+    }
   } catch (err) {
+    await bridge?.close().catch(() => {})
     await api?.close().catch(() => {})
     await broker?.close().catch(() => {})
     await port?.close().catch(() => {})
@@ -90,9 +114,11 @@ export async function startPlatform (config: Config, log: Logger, parts: readonl
     db,
     broker,
     api,
+    bridge,
     ports,
     async close () {
       // stop taking requests, then stop the broker (which drains pending telemetry), then the database
+      await bridge?.close()
       await api?.close()
       await port?.close()
       await broker?.close()

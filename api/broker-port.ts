@@ -6,7 +6,8 @@ import type { StoredRow } from '../db/telemetry.ts'
 import type { CommandRow } from '../schemas/db/commands.ts'
 import type { Refusal } from '../broker/acl.ts'
 
-export type DeviceChange = 'changed' | 'rotated' | 'deleted' | 'commands'
+// owner: its owner changed, so apps' reads of it are judged again
+export type DeviceChange = 'changed' | 'rotated' | 'deleted' | 'commands' | 'owner'
 
 export interface BrokerPort {
   isOnline (deviceId: string): boolean

@@ -56,13 +56,13 @@ export const commandRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asy
   }
 
   app.post('/v1/devices/:id/commands', {
-    config: { auth: 'admin' },
+    config: { auth: 'owner' },
     schema: {
       summary: 'Send a command: stored, published at QoS 1 on devices/{id}/commands/{cmdId} when the device is online (or when it next connects), answered on …/result',
       tags: ['commands'],
       params: DeviceParams,
       body: CommandCreate,
-      response: { 201: Command, ...errorResponses([...authErrors('admin'), 'VALIDATION_FAILED', 'DEVICE_NOT_FOUND']) },
+      response: { 201: Command, ...errorResponses([...authErrors('owner'), 'VALIDATION_FAILED', 'DEVICE_NOT_FOUND']) },
     },
   }, async (request, reply) => {
     const id = request.params.id
@@ -115,13 +115,13 @@ export const commandRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asy
   })
 
   app.post('/v1/devices/:id/commands/:cmdId/result', {
-    config: { auth: 'device' },
+    config: { auth: 'device-self' },
     schema: {
       summary: 'A device answers a command over HTTP: {"ok": true, "result": …} or {"ok": false, "error": "…"}',
       tags: ['commands'],
       params: CommandParams,
       body: CommandResultBody,
-      response: { 200: Command, ...errorResponses([...authErrors('device'), 'VALIDATION_FAILED', 'PAYLOAD_INVALID', 'COMMAND_NOT_FOUND', 'COMMAND_FINAL']) },
+      response: { 200: Command, ...errorResponses([...authErrors('device-self'), 'VALIDATION_FAILED', 'PAYLOAD_INVALID', 'COMMAND_NOT_FOUND', 'COMMAND_FINAL']) },
     },
   }, async request => {
     const { id, cmdId } = request.params

@@ -7,7 +7,8 @@ import { Device, DeviceCreate, DeviceCreated, DeviceList, DeviceListQuery, Devic
 import { RoostError } from '../schemas/errors.ts'
 import { createDevice, deleteDevice, getDevice, listDevices, rotateDeviceToken, updateDevice } from '../db/devices.ts'
 import type { DeviceRow } from '../schemas/db/devices.ts'
-import { authErrors } from './auth.ts'
+import { authErrors, requestUser } from './auth.ts'
+import { APP_USERNAME } from '../broker/identity.ts'
 import type { ApiContext } from './index.ts'
 
 // generated ids look like the seed's device ids (ABCD1234): short, unambiguous, typeable
@@ -37,6 +38,7 @@ export const deviceRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asyn
     },
   }, async (request, reply) => {
     const explicit = request.body.id
+    if (explicit === APP_USERNAME) throw new RoostError('VALIDATION_FAILED', { detail: `"${APP_USERNAME}" is the MQTT username of apps and cannot be a device id` })
     // a generated id may collide; try a few before giving up
     for (let attempt = 0; attempt < 5; attempt++) {
       const id = explicit ?? generatedId()
@@ -52,16 +54,16 @@ export const deviceRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asyn
   })
 
   app.get('/v1/devices', {
-    config: { auth: 'admin' },
+    config: { auth: 'user' },
     schema: {
-      summary: 'List devices, in id order',
+      summary: 'List devices, in id order: all of them for the admin, a user\'s own for a user',
       tags: ['devices'],
       querystring: DeviceListQuery,
-      response: { 200: DeviceList, ...errorResponses([...authErrors('admin'), 'VALIDATION_FAILED']) },
+      response: { 200: DeviceList, ...errorResponses([...authErrors('user'), 'VALIDATION_FAILED']) },
     },
   }, async request => {
     const limit = request.query.limit ?? 100
-    const rows = await listDevices(db, { limit, after: request.query.after })
+    const rows = await listDevices(db, { limit, after: request.query.after, ownerId: requestUser(request) })
     const items = rows.map(r => deviceView(r, broker.isOnline(r.id)))
     const last = rows[rows.length - 1]
     return rows.length === limit && last !== undefined ? { items, next: last.id } : { items }
@@ -82,18 +84,20 @@ export const deviceRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asyn
   })
 
   app.patch('/v1/devices/:id', {
-    config: { auth: 'admin' },
+    config: { auth: 'owner' },
     schema: {
-      summary: 'Change a device\'s name or owner',
+      summary: 'Change a device\'s name (its owner too), or its owner (the admin only: assigning, or null to release it)',
       tags: ['devices'],
       params: DeviceParams,
       body: DevicePatch,
-      response: { 200: Device, ...errorResponses([...authErrors('admin'), 'VALIDATION_FAILED', 'DEVICE_NOT_FOUND']) },
+      response: { 200: Device, ...errorResponses([...authErrors('owner'), 'VALIDATION_FAILED', 'ADMIN_REQUIRED']) },
     },
   }, async request => {
+    if (request.body.ownerId !== undefined && request.principal?.kind !== 'admin') throw new RoostError('ADMIN_REQUIRED')
+    const before = await getDevice(db, request.params.id)
     const row = await updateDevice(db, request.params.id, request.body, now())
     if (row === undefined) throw new RoostError('DEVICE_NOT_FOUND', { id: request.params.id })
-    await broker.deviceChanged(row.id, 'changed')
+    await broker.deviceChanged(row.id, before !== undefined && before.ownerId !== row.ownerId ? 'owner' : 'changed')
     return deviceView(row, broker.isOnline(row.id))
   })
 
@@ -114,12 +118,12 @@ export const deviceRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asyn
   })
 
   app.post('/v1/devices/:id/token', {
-    config: { auth: 'admin' },
+    config: { auth: 'owner' },
     schema: {
       summary: 'Rotate a device token: the old one stops working and an open session is closed',
       tags: ['devices'],
       params: DeviceParams,
-      response: { 200: DeviceToken, ...errorResponses([...authErrors('admin'), 'VALIDATION_FAILED', 'DEVICE_NOT_FOUND']) },
+      response: { 200: DeviceToken, ...errorResponses([...authErrors('owner'), 'VALIDATION_FAILED']) },
     },
   }, async request => {
     const token = await rotateDeviceToken(db, request.params.id, now())

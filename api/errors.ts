@@ -17,7 +17,7 @@ function reply (code: ErrorCode, statusCode: number, message: string): { statusC
 
 export function installErrorHandling (app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | RoostError | Error, request, res) => {
-    if (err instanceof RoostError) return res.status(err.statusCode).send(reply(err.code, err.statusCode, err.message))
+    if (err instanceof RoostError) return res.status(err.statusCode).headers(err.headers).send(reply(err.code, err.statusCode, err.message))
     const fe = err as FastifyError
     if (fe.validation !== undefined) {
       return res.status(400).send(reply('VALIDATION_FAILED', 400, errorMessage('VALIDATION_FAILED', { detail: fe.message })))

@@ -51,13 +51,13 @@ export const stateRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => async
   })
 
   app.patch('/v1/devices/:id/state', {
-    config: { auth: 'admin' },
+    config: { auth: 'owner' },
     schema: {
       summary: 'Merge a patch into the desired state; the whole document is published retained on devices/{id}/state/desired',
       tags: ['state'],
       params: DeviceParams,
       body: StatePatch,
-      response: { 200: DeviceStateView, ...errorResponses([...authErrors('admin'), 'VALIDATION_FAILED', 'PAYLOAD_INVALID', 'DEVICE_NOT_FOUND', 'STATE_VERSION_CONFLICT']) },
+      response: { 200: DeviceStateView, ...errorResponses([...authErrors('owner'), 'VALIDATION_FAILED', 'PAYLOAD_INVALID', 'DEVICE_NOT_FOUND', 'STATE_VERSION_CONFLICT']) },
     },
   }, async request => {
     const id = request.params.id

@@ -123,7 +123,7 @@ export const telemetryRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => a
 
   const payloadSchema = telemetryPayloadSchema(ctx.telemetryLimits)
   app.post('/v1/devices/:id/telemetry', {
-    config: { auth: 'device' },
+    config: { auth: 'device-self' },
     bodyLimit: ctx.telemetryLimits.maxPayloadBytes,
     schema: {
       summary: 'Store telemetry over HTTP (for devices that cannot keep MQTT up); same validation and storage as MQTT',
@@ -131,7 +131,7 @@ export const telemetryRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => a
       tags: ['telemetry'],
       params: DeviceParams,
       body: payloadSchema,
-      response: { 201: TelemetryStored, ...errorResponses([...authErrors('device'), 'VALIDATION_FAILED', 'PAYLOAD_INVALID', 'PAYLOAD_TOO_LARGE', 'DEVICE_NOT_FOUND', 'DB_UNAVAILABLE']) },
+      response: { 201: TelemetryStored, ...errorResponses([...authErrors('device-self'), 'VALIDATION_FAILED', 'PAYLOAD_INVALID', 'PAYLOAD_TOO_LARGE', 'DEVICE_NOT_FOUND', 'DB_UNAVAILABLE']) },
     },
   }, async (request, reply) => {
     const id = request.params.id

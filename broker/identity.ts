@@ -9,8 +9,20 @@ export type Identity =
   | { readonly kind: 'device', readonly deviceId: string }
   | { readonly kind: 'service', readonly name: string }
   | { readonly kind: 'anonymous' }
+  // a user's app or viewer: reads the devices its user owns; `credential` is what it logged in with
+  | { readonly kind: 'app', readonly userId: string, readonly credential: { readonly kind: 'session' | 'apikey', readonly id: string }, readonly expiresAt: number | null }
 
 export const SERVICE_PREFIX = 'service:'
+export const APP_USERNAME = 'app'
+
+/** A verified user credential, as api/user-auth.ts gives it. */
+export interface AppCredential {
+  readonly userId: string
+  readonly kind: 'session' | 'apikey'
+  readonly id: string
+  readonly scopes: readonly string[]
+  readonly expiresAt: number | null
+}
 
 export interface LoginRequest {
   readonly clientId: string // as sent; '' when the client sent none
@@ -26,6 +38,8 @@ export interface LoginContext {
   readonly lookupDevice: (id: string) => Promise<DeviceCredential | undefined>
   readonly serviceToken: string
   readonly anonymous: boolean
+  // an access token or API key → its user; undefined when app logins are not served here
+  readonly verifyApp?: (token: string) => Promise<AppCredential | undefined>
 }
 
 // CONNACK return codes of MQTT 3.1.1 §3.2.2.3
@@ -71,6 +85,14 @@ export async function decideLogin (req: LoginRequest, ctx: LoginContext): Promis
     return { ok: true, identity: { kind: 'service', name } }
   }
 
+  if (username === APP_USERNAME) {
+    const credential = password === undefined || ctx.verifyApp === undefined ? undefined : await ctx.verifyApp(password.toString('utf8'))
+    // reading live data is the `read` scope
+    if (credential === undefined || !credential.scopes.includes('read')) return refuse(CONNACK_BAD_CREDENTIALS, 'AUTH_INVALID')
+    if (await clientIdIsDevice(req.clientId, ctx)) return refuse(CONNACK_IDENTIFIER_REJECTED, 'CLIENT_ID_RESERVED')
+    return { ok: true, identity: { kind: 'app', userId: credential.userId, credential: { kind: credential.kind, id: credential.id }, expiresAt: credential.expiresAt } }
+  }
+
   if (!isDeviceId(username)) return refuse(CONNACK_BAD_CREDENTIALS, 'AUTH_INVALID')
   const device = await ctx.lookupDevice(username)
   // same answer for unknown device and wrong token, so ids cannot be probed
@@ -88,5 +110,6 @@ export function describeIdentity (identity: Identity): string {
     case 'device': return `device ${identity.deviceId}`
     case 'service': return `service ${identity.name}`
     case 'anonymous': return 'anonymous'
+    case 'app': return `app of user ${identity.userId}`
   }
 }

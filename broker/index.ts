@@ -19,7 +19,9 @@ import type { Database } from '../db/open.ts'
 import { allDevices, deviceCredentials, writeLastSeen } from '../db/devices.ts'
 import { insertTelemetry } from '../db/telemetry.ts'
 import { allDesired } from '../db/state.ts'
-import { decideLogin, describeIdentity, type DeviceCredential, type Identity } from './identity.ts'
+import { decideLogin, describeIdentity, APP_USERNAME, type AppCredential, type DeviceCredential, type Identity } from './identity.ts'
+import { LoginGuard } from '../api/lockout.ts'
+import { getDevice } from '../db/devices.ts'
 import { decidePublish, decideRead, decideSubscribe, filterMatches, type Decision, type FamilyRule, type FamilyTable, type Refusal } from './acl.ts'
 import { connectProblem, mqttStringProblem, packetProblem } from './conformance.ts'
 import { CONNACK_UNSUPPORTED_LEVEL, PacketFramer } from './packet-guard.ts'
@@ -34,11 +36,21 @@ import { buildFamilyTable } from './families.ts'
 import { CommandCenter, commandExpired } from './topics/commands.ts'
 import { errorNotice } from './topics/errors.ts'
 
+/** User credentials for app logins (api/user-auth.ts's UserAuth), and word of their revocation. */
+export interface AppLogins {
+  verify (token: string): Promise<AppCredential | undefined>
+  on (event: 'revoked', listener: (r: { kind: 'session' | 'apikey', id: string, userId: string }) => void): unknown
+}
+
 export interface BrokerDeps {
   readonly db: Database
   readonly log: Logger
   readonly registry: Registry
   readonly now?: () => number
+  // without it, username `app` is refused like any unknown login
+  readonly apps?: AppLogins
+  // failed logins per username and per address (shared with the REST login when in one process)
+  readonly guard?: LoginGuard
 }
 
 export interface PlatformPublish {
@@ -47,7 +59,8 @@ export interface PlatformPublish {
 }
 
 // 'commands': the device has new commands waiting (delivered now if it is online)
-export type DeviceChange = 'changed' | 'rotated' | 'deleted' | 'commands'
+// 'owner': its owner changed; apps' reads of it are judged again at once
+export type DeviceChange = 'changed' | 'rotated' | 'deleted' | 'commands' | 'owner'
 
 export interface Broker {
   readonly aedes: Aedes
@@ -141,6 +154,12 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
   const table: FamilyTable = buildFamilyTable({ limits: config.telemetry, committer, now }, { db, log, now }, commands)
 
   const credentials = new DeviceCredentials(ids => deviceCredentials(db, ids))
+  // who owns each device, for apps' reads: loaded at start, updated on every device change
+  const owners = new Map<string, string>()
+  const ownerOf = (id: string): string | undefined => owners.get(id)
+  const loginGuard = deps.guard ?? new LoginGuard({ addressThreshold: config.loginAddressFailures })
+  // open app connections, to close those of a revoked or expired credential
+  const appClients = new Set<RoostClient>()
   const lookupDevice = (id: string): Promise<DeviceCredential | undefined> => credentials.lookup(id)
 
   // aedes-persistence is CommonJS whose typings claim an ES default export; at run time the default import is the factory
@@ -185,12 +204,30 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
       setTimeout(() => c.conn.destroy(), REFUSAL_LINGER_MS).unref()
       done(Object.assign(new Error(errorMessage(code)), { returnCode }), false)
     }
-    decideLogin({ clientId: facts.clientId, username, password, clean: facts.clean }, { lookupDevice, serviceToken: serviceToken as string, anonymous: config.broker.anonymous })
+    // every app logs in as `app`: counting its failures per username would let anyone lock all apps out
+    // (and its password is a signed token or a 192-bit key, nothing to guess), so apps count per address only
+    const account = username === undefined || username === APP_USERNAME ? undefined : `mqtt:${username}`
+    // a TCP or TLS socket has the client's address; a WebSocket stream does not (its logins count per username)
+    const remote = (c.conn as { remoteAddress?: string }).remoteAddress
+    const address = remote === undefined ? undefined : `ip:${remote}`
+    const wait = loginGuard.retryAfter(account, address)
+    // while locked out even a right password is refused; CONNACK 5 tells the client not to hurry back
+    if (wait > 0) return refuse(5, 'LOGIN_LOCKED')
+    const verifyApp = deps.apps === undefined ? undefined : (token: string) => (deps.apps as AppLogins).verify(token)
+    decideLogin({ clientId: facts.clientId, username, password, clean: facts.clean }, { lookupDevice, serviceToken: serviceToken as string, anonymous: config.broker.anonymous, verifyApp })
       .then(result => {
-        if (!result.ok) return refuse(result.returnCode, result.code)
+        if (!result.ok) {
+          if (result.code === 'AUTH_INVALID' && username !== undefined) {
+            const locked = loginGuard.fail(account, address)
+            if (locked.length > 0) log.warn({ locked, clientId: facts.clientId }, 'MQTT logins locked out after repeated failures')
+          }
+          return refuse(result.returnCode, result.code)
+        }
+        loginGuard.succeed(account)
         // a will is a publish the client makes later; refuse the login now rather than drop the will then
         if (facts.willTopic !== undefined && decidePublish(result.identity, facts.willTopic, table).decision !== 'allow') return refuse(5, 'TOPIC_FORBIDDEN')
         c[SESSION] = { identity: result.identity, publishCache: undefined, readCache: undefined }
+        if (result.identity.kind === 'app') watchApp(c, result.identity.expiresAt)
         c[CONNECT_FACTS] = undefined // needed only for the login; an idle connection should not carry it
         counters.connectsAccepted++
         done(null, true)
@@ -302,7 +339,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
       violation(c, problem)
       return done(new Error(problem))
     }
-    const scope = decideSubscribe(session.identity, sub.topic, table)
+    const scope = decideSubscribe(session.identity, sub.topic, table, ownerOf)
     if (scope === 'all' || scope === 'some') {
       if (scope === 'some' && session.readCache === undefined) session.readCache = new Map()
       return done(null, sub)
@@ -325,7 +362,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     if (cache === undefined) return packet // no narrowed subscription: everything subscribed is readable
     let ok = cache.get(packet.topic)
     if (ok === undefined) {
-      ok = decideRead((session as Session).identity, packet.topic, table)
+      ok = decideRead((session as Session).identity, packet.topic, table, ownerOf)
       if (cache.size >= DECISION_CACHE_MAX) cache.clear()
       cache.set(packet.topic, ok)
     }
@@ -481,12 +518,15 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     ingest: committer.stats,
     connections: () => openConnections,
     onlineDevices: () => presence.onlineCount,
+    lockouts: () => loginGuard.lockouts,
   })
 
   // ---- control from a separate api process ------------------------------------------------------------
 
   async function deviceChanged (deviceId: string, change: DeviceChange): Promise<void> {
     if (change === 'commands') return await commands.deliver(deviceId, false)
+    await refreshOwner(deviceId, change)
+    if (change === 'owner') return
     credentials.forget(deviceId)
     if (change === 'changed') return
     const client = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients[deviceId]
@@ -515,7 +555,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     const id = packet.topic.split('/')[3] as string
     let change: unknown
     try { change = (JSON.parse(packet.payload.toString()) as { change?: unknown }).change } catch { change = undefined }
-    if (isDeviceId(id) && (change === 'changed' || change === 'rotated' || change === 'deleted' || change === 'commands')) void deviceChanged(id, change)
+    if (isDeviceId(id) && (change === 'changed' || change === 'rotated' || change === 'deleted' || change === 'commands' || change === 'owner')) void deviceChanged(id, change)
     else log.warn({ topic: packet.topic }, 'ignored control message')
     cb()
   }, () => {})
@@ -541,12 +581,47 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     handle(socket)
   }
 
+  // ---- apps --------------------------------------------------------------------------------------------
+
+  /** An app connection ends when its credential expires or is revoked. */
+  function watchApp (c: RoostClient, expiresAt: number | null): void {
+    appClients.add(c)
+    const timer = expiresAt === null ? undefined : setTimeout(() => closeApp(c, 'credential expired'), Math.max(0, expiresAt - now()))
+    timer?.unref()
+    c.once('close' as never, () => { appClients.delete(c); if (timer !== undefined) clearTimeout(timer) })
+  }
+
+  function closeApp (c: RoostClient, why: string): void {
+    appClients.delete(c)
+    const identity = c[SESSION]?.identity
+    log.info({ clientId: c.id, userId: identity?.kind === 'app' ? identity.userId : undefined, why }, 'closing app connection')
+    c.close()
+  }
+
+  deps.apps?.on('revoked', r => {
+    for (const c of appClients) {
+      const identity = c[SESSION]?.identity
+      if (identity?.kind === 'app' && identity.credential.kind === r.kind && identity.credential.id === r.id) closeApp(c, `${r.kind === 'apikey' ? 'API key' : 'session'} revoked`)
+    }
+  })
+
+  /** Reads the device's owner again; when it changed, every app's read decisions are made afresh. */
+  async function refreshOwner (deviceId: string, change: DeviceChange): Promise<void> {
+    const owner = change === 'deleted' ? undefined : (await getDevice(db, deviceId))?.ownerId ?? undefined
+    if (owners.get(deviceId) === owner) return
+    if (owner === undefined) owners.delete(deviceId)
+    else owners.set(deviceId, owner)
+    for (const c of appClients) c[SESSION]?.readCache?.clear()
+    log.info({ deviceId, ownerId: owner ?? null }, 'device owner changed')
+  }
+
   async function listen (): Promise<{ mqttPort: number, mqttsPort: number | undefined }> {
     await aedes.listen()
     // nobody is connected at start: every device's retained presence says offline; the same read primes
     // the login cache, so a fleet reconnecting after a restart needs no query per login
     const fleet = await allDevices(db)
     credentials.prime(fleet)
+    for (const d of fleet) if (d.ownerId !== null) owners.set(d.id, d.ownerId)
     await presence.rebuild(fleet)
     // retained desired documents are projections of the database: republished whole at every start
     for (const d of await allDesired(db)) {

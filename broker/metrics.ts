@@ -29,6 +29,8 @@ export interface BrokerMetricSources {
   readonly ingest: IngestStats
   readonly connections: () => number
   readonly onlineDevices: () => number
+  // locks started by failed logins, REST and MQTT together (api/lockout.ts)
+  readonly lockouts: () => number
 }
 
 function setAll<K extends string> (metric: Counter<K>, label: K, values: ReadonlyMap<string, number>): void {
@@ -38,6 +40,7 @@ function setAll<K extends string> (metric: Counter<K>, label: K, values: Readonl
 
 export function registerBrokerMetrics (registry: Registry, s: BrokerMetricSources): void {
   const c = s.counters
+  new Counter({ name: 'roost_login_lockouts_total', help: 'accounts or addresses locked out after repeated failed logins or claim codes (REST and MQTT)', registers: [registry], collect () { this.reset(); this.inc(s.lockouts()) } })
   new Gauge({ name: 'roost_mqtt_connections', help: 'open MQTT connections (TCP, TLS and WebSocket)', registers: [registry], collect () { this.set(s.connections()) } })
   new Gauge({ name: 'roost_devices_online', help: 'devices with an open MQTT session', registers: [registry], collect () { this.set(s.onlineDevices()) } })
   new Counter({

@@ -1,7 +1,7 @@
 // Device records: create, read, update, delete, token rotation and batched last-seen writes.
 
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
-import { asc, eq, gt, sql } from 'drizzle-orm'
+import { and, asc, eq, gt, sql } from 'drizzle-orm'
 import { devices, type DeviceRow } from '../schemas/db/devices.ts'
 import type { Database } from './open.ts'
 
@@ -46,14 +46,15 @@ export async function getDevice (db: Database, id: string): Promise<DeviceRow | 
   return rows[0]
 }
 
-export async function listDevices (db: Database, opts: { limit: number, after: string | undefined }): Promise<DeviceRow[]> {
-  const q = db.orm.select().from(devices)
-  const filtered = opts.after === undefined ? q : q.where(gt(devices.id, opts.after))
-  return await filtered.orderBy(asc(devices.id)).limit(opts.limit)
+/** In id order; `ownerId` lists one user's devices only. */
+export async function listDevices (db: Database, opts: { limit: number, after: string | undefined, ownerId?: string }): Promise<DeviceRow[]> {
+  return await db.orm.select().from(devices)
+    .where(and(opts.after === undefined ? undefined : gt(devices.id, opts.after), opts.ownerId === undefined ? undefined : eq(devices.ownerId, opts.ownerId)))
+    .orderBy(asc(devices.id)).limit(opts.limit)
 }
 
-export async function allDevices (db: Database): Promise<Array<{ id: string, lastSeen: number | null, tokenHash: string }>> {
-  return await db.orm.select({ id: devices.id, lastSeen: devices.lastSeen, tokenHash: devices.tokenHash }).from(devices)
+export async function allDevices (db: Database): Promise<Array<{ id: string, lastSeen: number | null, tokenHash: string, ownerId: string | null }>> {
+  return await db.orm.select({ id: devices.id, lastSeen: devices.lastSeen, tokenHash: devices.tokenHash, ownerId: devices.ownerId }).from(devices)
 }
 
 export async function updateDevice (db: Database, id: string, patch: { name?: string | null, ownerId?: string | null }, now: number): Promise<DeviceRow | undefined> {

@@ -17,8 +17,10 @@ import * as telemetrySchema from '../schemas/db/telemetry.ts'
 import * as stateSchema from '../schemas/db/state.ts'
 import * as commandsSchema from '../schemas/db/commands.ts'
 import * as webhooksSchema from '../schemas/db/webhooks.ts'
+import * as firmwareSchema from '../schemas/db/firmware.ts'
+import * as accountsSchema from '../schemas/db/accounts.ts'
 
-export const schema = { ...devicesSchema, ...telemetrySchema, ...stateSchema, ...commandsSchema, ...webhooksSchema }
+export const schema = { ...devicesSchema, ...telemetrySchema, ...stateSchema, ...commandsSchema, ...webhooksSchema, ...firmwareSchema, ...accountsSchema }
 export type Schema = typeof schema
 export type Orm = PgDatabase<PgQueryResultHKT, Schema>
 

@@ -26,8 +26,23 @@ export interface Config {
     readonly adminToken: string | undefined
     readonly serviceToken: string | undefined
     readonly fleetSecret: string | undefined
+    // key of signed download links; never a setting, always generated into the data dir by resolveSecrets()
+    readonly urlSecret: string | undefined
+    // key of user access tokens; generated into the data dir like urlSecret
+    readonly sessionSecret: string | undefined
   }
+  readonly accounts: {
+    readonly signup: boolean
+    readonly accessTtlMs: number
+    readonly refreshTtlMs: number
+    readonly claimCodeTtlMs: number
+  }
+  readonly rateLimit: { readonly max: number, readonly windowMs: number }
+  // failed logins from one address before it is locked out (per account it is 5)
+  readonly loginAddressFailures: number
+  readonly corsOrigins: readonly string[]
   readonly openai: { readonly apiKey: string | undefined, readonly baseUrl: string, readonly realtimeModel: string }
+  readonly voice: { readonly idleMs: number }
   readonly telemetry: {
     readonly maxKeys: number
     readonly maxPayloadBytes: number
@@ -36,6 +51,7 @@ export interface Config {
   readonly lastSeenFlushMs: number
   readonly eventsWindow: number
   readonly webhooks: { readonly retryWindowMs: number, readonly timeoutMs: number }
+  readonly firmware: { readonly maxBytes: number }
 }
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent'
@@ -44,6 +60,10 @@ const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debu
 // 256 KiB: one second of Opus at 64 kbit/s is 8 KiB and a telemetry batch is a few KiB;
 // nothing legitimate comes near this, and it bounds what one packet can make us buffer.
 export const DEFAULT_MAX_PACKET_BYTES = 256 * 1024
+
+// 32 MiB: twice the largest ESP-IDF app (OTA) partition, 16 MiB, so no real image comes near it; it
+// bounds the disk one upload can fill.
+export const DEFAULT_FIRMWARE_MAX_BYTES = 32 * 1024 * 1024
 
 type Kind = 'port' | 'int' | 'bool' | 'string' | 'url' | 'file' | 'level'
 
@@ -77,6 +97,8 @@ export const SETTINGS = [
   { env: 'OPENAI_API_KEY', kind: 'string', default: undefined, help: 'Realtime upstream key; unset turns voice off', secret: true },
   { env: 'OPENAI_BASE_URL', kind: 'url', default: 'https://api.openai.com/v1', help: 'Realtime upstream base URL' },
   { env: 'ROOST_REALTIME_MODEL', kind: 'string', default: 'gpt-realtime', help: 'Realtime model' },
+  // the contract's 30 minutes: long enough for a pause in a conversation, short enough not to hold a session overnight
+  { env: 'ROOST_VOICE_IDLE_MS', kind: 'int', default: String(30 * 60 * 1000), min: 1000, help: 'a voice session with no audio or control for this long ends' },
   { env: 'ROOST_MAX_PACKET_BYTES', kind: 'int', default: String(DEFAULT_MAX_PACKET_BYTES), min: 1024, help: 'largest MQTT packet accepted, checked before it is buffered' },
   { env: 'ROOST_ANONYMOUS', kind: 'bool', default: 'false', help: 'let clients without credentials use the scratch topic space' },
   // 1000 QoS 1 messages of a typical 200-byte command is 200 KB per sleeping client: enough for a night offline
@@ -88,6 +110,15 @@ export const SETTINGS = [
   { env: 'ROOST_EVENTS_WINDOW', kind: 'int', default: '10000', min: 1, help: 'events kept for Server-Sent Events clients resuming with Last-Event-ID' },
   { env: 'ROOST_WEBHOOK_RETRY_WINDOW_MS', kind: 'int', default: String(3600 * 1000), min: 1000, help: 'how long a webhook delivery is retried (exponential backoff with jitter) before it is marked failed' },
   { env: 'ROOST_WEBHOOK_TIMEOUT_MS', kind: 'int', default: '10000', min: 100, help: 'how long one webhook attempt may take' },
+  { env: 'ROOST_SIGNUP', kind: 'bool', default: 'false', help: 'let anyone create an account with POST /v1/users (otherwise only the admin can)' },
+  { env: 'ROOST_ACCESS_TOKEN_TTL_S', kind: 'int', default: '900', min: 1, help: 'lifetime of a user access token, in seconds (refresh tokens renew it)' },
+  { env: 'ROOST_REFRESH_TOKEN_TTL_S', kind: 'int', default: String(30 * 86400), min: 60, help: 'how long a login session lasts without being refreshed, in seconds' },
+  { env: 'ROOST_CLAIM_CODE_TTL_S', kind: 'int', default: String(7 * 86400), min: 60, help: 'how long a device claim code stays valid, in seconds' },
+  { env: 'ROOST_RATE_LIMIT_MAX', kind: 'int', default: '100', min: 1, help: 'REST requests per credential (or per IP without one) per window; /health, /metrics and /docs are not counted' },
+  { env: 'ROOST_RATE_LIMIT_WINDOW_S', kind: 'int', default: '60', min: 1, help: 'the rate-limit window, in seconds' },
+  { env: 'ROOST_LOGIN_ADDRESS_FAILURES', kind: 'int', default: '20', min: 1, help: 'failed REST or MQTT logins from one address before it is locked out, with a wait that doubles each further failure (per account: 5)' },
+  { env: 'ROOST_CORS_ORIGINS', kind: 'string', default: undefined, help: 'comma-separated origins browsers may call the REST API from (* for any; empty: none)' },
+  { env: 'ROOST_FIRMWARE_MAX_BYTES', kind: 'int', default: String(DEFAULT_FIRMWARE_MAX_BYTES), min: 1, help: 'largest firmware image accepted by POST /v1/firmware; larger uploads stop at this size with 413' },
   { env: 'ROOST_LAST_SEEN_FLUSH_MS', kind: 'int', default: '5000', min: 10, help: 'how often lastSeen times are written, in one statement' },
 ] as const satisfies readonly Setting[]
 
@@ -200,12 +231,15 @@ export function loadConfig (argv: readonly string[], env: Readonly<Record<string
       adminToken: raw.ROOST_ADMIN_TOKEN,
       serviceToken: raw.ROOST_SERVICE_TOKEN,
       fleetSecret: raw.ROOST_FLEET_SECRET,
+      urlSecret: undefined,
+      sessionSecret: undefined,
     },
     openai: {
       apiKey: raw.OPENAI_API_KEY,
       baseUrl: raw.OPENAI_BASE_URL as string,
       realtimeModel: raw.ROOST_REALTIME_MODEL as string,
     },
+    voice: { idleMs: int('ROOST_VOICE_IDLE_MS') },
     telemetry: {
       maxKeys: int('ROOST_TELEMETRY_MAX_KEYS'),
       maxPayloadBytes: int('ROOST_TELEMETRY_MAX_BYTES'),
@@ -214,6 +248,16 @@ export function loadConfig (argv: readonly string[], env: Readonly<Record<string
     lastSeenFlushMs: int('ROOST_LAST_SEEN_FLUSH_MS'),
     eventsWindow: int('ROOST_EVENTS_WINDOW'),
     webhooks: { retryWindowMs: int('ROOST_WEBHOOK_RETRY_WINDOW_MS'), timeoutMs: int('ROOST_WEBHOOK_TIMEOUT_MS') },
+    firmware: { maxBytes: int('ROOST_FIRMWARE_MAX_BYTES') },
+    accounts: {
+      signup: raw.ROOST_SIGNUP === 'true',
+      accessTtlMs: int('ROOST_ACCESS_TOKEN_TTL_S') * 1000,
+      refreshTtlMs: int('ROOST_REFRESH_TOKEN_TTL_S') * 1000,
+      claimCodeTtlMs: int('ROOST_CLAIM_CODE_TTL_S') * 1000,
+    },
+    rateLimit: { max: int('ROOST_RATE_LIMIT_MAX'), windowMs: int('ROOST_RATE_LIMIT_WINDOW_S') * 1000 },
+    loginAddressFailures: int('ROOST_LOGIN_ADDRESS_FAILURES'),
+    corsOrigins: (raw.ROOST_CORS_ORIGINS ?? '').split(',').map(o => o.trim()).filter(o => o !== ''),
   }
   return deepFreeze(config)
 }

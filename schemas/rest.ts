@@ -8,6 +8,8 @@ import { StateObject } from './state.ts'
 import { COMMAND_NAME_MAX, COMMAND_TTL_DEFAULT_MS, COMMAND_TTL_MAX_MS, COMMAND_TTL_MIN_MS, COMMAND_WAIT_MAX_MS } from './commands.ts'
 import { COMMAND_STATUSES } from './db/commands.ts'
 import { DELIVERY_STATUSES } from './db/webhooks.ts'
+import { API_KEY_SCOPES } from './db/accounts.ts'
+import { FIRMWARE_HARDWARE_PATTERN, FIRMWARE_NOTES_MAX, FIRMWARE_VERSION_MAX } from './firmware.ts'
 
 export const DeviceId = Type.String({ pattern: DEVICE_ID_PATTERN, description: 'letters, digits, _ and -, 1–64 characters', examples: ['kitchen-1'] })
 export const EpochMs = Type.Integer({ minimum: 0, description: 'epoch milliseconds' })
@@ -196,6 +198,56 @@ export const DeliveryQuery = Type.Object({
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100 })),
 })
 
+const FIRMWARE_SIGNED = 'base64 Ed25519 signature (RFC 8032, pure Ed25519) made with the key of GET /v1/firmware/signing-key over exactly the 32 raw bytes of the image\'s SHA-256 digest (not its hex text); a device verifies it against the digest it computed while downloading'
+
+export const Firmware = Type.Object({
+  id: Type.String(),
+  version: Type.String({ description: 'semantic version (semver.org 2.0.0)' }),
+  hardware: Type.String({ description: 'the board family the image is for' }),
+  notes: Type.Union([Type.String(), Type.Null()]),
+  size: Type.Integer({ description: 'bytes' }),
+  sha256: Type.String({ description: 'SHA-256 of the image, lower-case hex' }),
+  signature: Type.String({ description: FIRMWARE_SIGNED }),
+  createdAt: EpochMs,
+  downloads: Type.Integer({ description: 'completed downloads: full ones, and ranged ones that reached the last byte' }),
+})
+
+export const FirmwareDetail = Type.Composite([Firmware, Type.Object({
+  url: Type.String({ description: 'a download link signed just now, valid for one hour; it needs no credential' }),
+})])
+
+export const FirmwareParams = Type.Object({ id: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }) })
+
+export const FirmwareListQuery = Type.Object({
+  hardware: Type.Optional(Type.String({ maxLength: 64, description: 'only this hardware' })),
+  version: Type.Optional(Type.String({ maxLength: FIRMWARE_VERSION_MAX, description: 'only this version' })),
+})
+
+// checked by the route, not by the schema, so that multipart fields and query parameters answer the same codes
+export const FirmwareUploadFields = {
+  version: Type.String({ description: 'semantic version (semver.org 2.0.0), e.g. 1.4.2 or 2.0.0-rc.1', examples: ['1.4.2'] }),
+  hardware: Type.String({ description: `board family, ${FIRMWARE_HARDWARE_PATTERN}`, examples: ['esp32-s3'] }),
+  notes: Type.String({ description: `release notes, at most ${FIRMWARE_NOTES_MAX} characters` }),
+}
+
+export const FirmwareUploadQuery = Type.Object({
+  version: Type.Optional(FirmwareUploadFields.version),
+  hardware: Type.Optional(FirmwareUploadFields.hardware),
+  notes: Type.Optional(FirmwareUploadFields.notes),
+}, { description: 'with an application/octet-stream body only' })
+
+export const FirmwareDownloadQuery = Type.Object({
+  exp: Type.Integer({ minimum: 0, description: 'expiry, epoch seconds' }),
+  sig: Type.String({ pattern: '^[A-Za-z0-9_-]{1,128}$', description: 'HMAC-SHA256 of "{id}:{exp}" under a key derived from the data dir\'s link secret, base64url (hex is accepted too)' }),
+})
+
+export const FirmwareSigningKey = Type.Object({
+  algorithm: Type.Literal('Ed25519'),
+  pem: Type.String({ description: 'the public key, SPKI PEM' }),
+  raw: Type.String({ description: 'the 32-byte public key (RFC 8032), base64' }),
+  signs: Type.String({ description: 'what each firmware signature covers' }),
+})
+
 export const Health = Type.Object({
   status: Type.Union([Type.Literal('ok'), Type.Literal('degraded')]),
   db: Type.Union([Type.Literal('ok'), Type.Literal('down')]),
@@ -213,9 +265,58 @@ export function errorReply (codes: readonly ErrorCode[]): TSchema {
 }
 
 /** Error replies grouped by HTTP status, from a list of codes. */
+// ---- accounts --------------------------------------------------------------------------------------
+
+const Email = Type.String({ format: 'email', maxLength: 254 })
+const Password = Type.String({ minLength: 1, maxLength: 1024, description: 'at least 8 characters' })
+export const UserCreate = Type.Object({ email: Email, password: Password }, { additionalProperties: false })
+export const User = Type.Object({ id: Type.String(), email: Type.String(), createdAt: Type.Integer() })
+export const Login = Type.Object({ email: Email, password: Password }, { additionalProperties: false })
+export const Tokens = Type.Object({
+  accessToken: Type.String({ description: 'signed, short-lived; send as `Authorization: Bearer`, or as the MQTT password with username `app`' }),
+  refreshToken: Type.String({ description: 'works once: POST /v1/auth/refresh answers a new pair' }),
+  expiresIn: Type.Integer({ description: 'seconds until the access token expires' }),
+  userId: Type.String(),
+})
+export const RefreshBody = Type.Object({ refreshToken: Type.String({ minLength: 1, maxLength: 512 }) }, { additionalProperties: false })
+export const PasswordChange = Type.Object({ currentPassword: Password, newPassword: Password }, { additionalProperties: false })
+export const ApiKeyScopeSchema = Type.Union(API_KEY_SCOPES.map(s => Type.Literal(s)))
+export const ApiKeyCreate = Type.Object({
+  name: Type.String({ minLength: 1, maxLength: 100 }),
+  scopes: Type.Optional(Type.Array(ApiKeyScopeSchema, { minItems: 1, uniqueItems: true, description: 'default ["read"]; read: GET routes, write: changes to owned devices, admin: the account itself (API keys, password)' })),
+  expiresAt: Type.Optional(Type.Integer({ minimum: 0, description: 'epoch ms; omitted: never expires' })),
+}, { additionalProperties: false })
+export const ApiKey = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  scopes: Type.Array(ApiKeyScopeSchema),
+  createdAt: Type.Integer(),
+  expiresAt: Type.Union([Type.Integer(), Type.Null()]),
+  revokedAt: Type.Union([Type.Integer(), Type.Null()]),
+})
+export const ApiKeyCreated = Type.Composite([ApiKey, Type.Object({ key: Type.String({ description: 'shown once; only its hash is stored' }) })])
+export const ApiKeyList = Type.Object({ items: Type.Array(ApiKey) })
+export const ApiKeyParams = Type.Object({ keyId: Type.String({ pattern: '^[A-Za-z0-9_-]{1,64}$' }) })
+export const ClaimBody = Type.Object({ code: Type.String({ minLength: 1, maxLength: 64 }) }, { additionalProperties: false })
+export const ClaimCode = Type.Object({ deviceId: Type.String(), code: Type.String({ description: 'one-time; only its hash is stored' }), expiresAt: Type.Integer() })
+export const ProvisionBody = Type.Object({
+  deviceId: Type.String({ pattern: DEVICE_ID_PATTERN }),
+  nonce: Type.String({ minLength: 8, maxLength: 128 }),
+  ts: Type.Integer({ description: 'epoch ms on the device; within 5 minutes of the server clock' }),
+  hmac: Type.String({ pattern: '^[0-9a-fA-F]{64}$', description: 'hex HMAC-SHA256(fleet secret, deviceId + ":" + nonce + ":" + ts)' }),
+}, { additionalProperties: false })
+export const Provisioned = Type.Object({
+  id: Type.String(),
+  token: Type.String({ description: 'the device token, shown once' }),
+  claimCode: Type.String(),
+  claimCodeExpiresAt: Type.Integer(),
+  mqtt: MqttLogin,
+})
+
 export function errorResponses (codes: readonly ErrorCode[]): Record<number, TSchema> {
   const byStatus = new Map<number, ErrorCode[]>()
-  for (const c of codes) {
+  // a route's own codes may repeat those its auth rule brings
+  for (const c of new Set(codes)) {
     const s = ERRORS[c].status
     byStatus.set(s, [...(byStatus.get(s) ?? []), c])
   }

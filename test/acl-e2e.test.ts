@@ -4,7 +4,7 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { IClientOptions, MqttClient } from 'mqtt'
-import { collect, eventually, nextMessage, sleep, startRoost, type TestRoost } from './harness.ts'
+import { collect, eventually, nextMessage, sleep, startRoost, subscribeCodes, type TestRoost } from './harness.ts'
 import { topicMatches } from './topic-match.ts'
 
 // How long a test waits for a message that must not come. Deliveries on loopback take a few ms; the
@@ -23,16 +23,6 @@ function errorFor (client: MqttClient, deviceId: string, topic: string): Promise
   return nextMessage(client, (t, p) => t === `devices/${deviceId}/errors` && (json(p) as { topic?: string }).topic === topic)
 }
 
-/** The SUBACK return codes for `filters`; mqtt.js rejects a SUBACK holding 0x80 but keeps the packet on the error. */
-async function subscribeCodes (client: MqttClient, filters: string | string[]): Promise<number[]> {
-  try {
-    return (await client.subscribeAsync(filters, { qos: 1 })).map(g => g.qos)
-  } catch (err) {
-    const granted = (err as { packet?: { granted?: unknown } }).packet?.granted
-    if (!Array.isArray(granted)) throw err
-    return granted as number[]
-  }
-}
 
 /** The CONNACK return code a refused login got (mqtt.js puts it on the error as `code`). */
 async function refusedWith (connecting: Promise<MqttClient>): Promise<unknown> {

@@ -144,11 +144,11 @@ describe('commands', () => {
     expect(history.body.items.map((c: { name: string }) => c.name)).toEqual(['second', 'first'])
   })
 
-  it('sending a command needs the admin token, and an unknown device is DEVICE_NOT_FOUND', async () => {
+  it('sending a command needs the admin or the owner (not the device), and an unknown device is DEVICE_NOT_FOUND', async () => {
     const token = await roost.addDevice('auth-c')
     const res = await roost.request('POST', '/v1/devices/auth-c/commands', { name: 'x' }, token)
     expect(res.status).toBe(403)
-    expect(res.body.code).toBe('ADMIN_REQUIRED')
+    expect(res.body.code).toBe('USER_REQUIRED')
     expect((await roost.request('POST', '/v1/devices/ghost/commands', { name: 'x' })).body.code).toBe('DEVICE_NOT_FOUND')
     expect((await roost.request('POST', '/v1/devices/auth-c/commands', { name: 'x', waitMs: 999_999 })).status).toBe(400)
   })

@@ -56,12 +56,18 @@ describe('defaults', () => {
         url: 'mqtt://127.0.0.1:1883',
       },
       http: { host: '0.0.0.0', port: 8080 },
-      auth: { adminToken: undefined, serviceToken: undefined, fleetSecret: undefined },
+      auth: { adminToken: undefined, serviceToken: undefined, fleetSecret: undefined, urlSecret: undefined, sessionSecret: undefined },
       openai: { apiKey: undefined, baseUrl: 'https://api.openai.com/v1', realtimeModel: 'gpt-realtime' },
+      voice: { idleMs: 1_800_000 },
       telemetry: { maxKeys: 64, maxPayloadBytes: 65_536, maxBatchRows: 1000 },
       lastSeenFlushMs: 5000,
       eventsWindow: 10_000,
       webhooks: { retryWindowMs: 3_600_000, timeoutMs: 10_000 },
+      firmware: { maxBytes: 33_554_432 },
+      accounts: { signup: false, accessTtlMs: 900_000, refreshTtlMs: 2_592_000_000, claimCodeTtlMs: 604_800_000 },
+      rateLimit: { max: 100, windowMs: 60_000 },
+      loginAddressFailures: 20,
+      corsOrigins: [],
     } satisfies Config)
   })
 
@@ -107,7 +113,7 @@ describe('precedence', () => {
     // a valid sample value per kind of setting, read back through the config to see it arrived
     for (const s of SETTINGS) {
       const sample: Record<string, string> = {
-        ROOST_LOG_LEVEL: 'warn', DATABASE_URL: 'postgres://h/db', REDIS_URL: 'redis://h:6379', ROOST_ANONYMOUS: 'true',
+        ROOST_LOG_LEVEL: 'warn', DATABASE_URL: 'postgres://h/db', REDIS_URL: 'redis://h:6379', ROOST_ANONYMOUS: 'true', ROOST_SIGNUP: 'true',
         ROOST_TLS_CERT: certFile, ROOST_TLS_KEY: keyFile, ROOST_BROKER_URL: 'mqtt://h:1884', OPENAI_BASE_URL: 'http://h/v1',
       }
       const value = sample[s.env] ?? (s.kind === 'port' || s.kind === 'int' ? '4321' : 'sample-' + s.env.toLowerCase())

@@ -304,15 +304,17 @@ describe('bearer credentials', () => {
     tokenB = await roost.addDevice('auth-b')
   })
 
-  // every route that takes a credential, acting on device auth-a; `admin` routes take only the admin token,
-  // `device` routes also the token of the device they name
-  const ROUTES: Array<{ method: string, path: string, body?: unknown, rule: 'admin' | 'device' }> = [
+  // every route that takes a credential, acting on device auth-a, as device credentials see it: `admin`
+  // routes take only the admin token, `user` and `owner` routes a user's credential too (test/accounts.test.ts
+  // covers users), `device` routes also the token of the device they name
+  type Rule = 'admin' | 'user' | 'owner' | 'device'
+  const ROUTES: Array<{ method: string, path: string, body?: unknown, rule: Rule }> = [
     { method: 'POST', path: '/v1/devices', body: { id: 'auth-made' }, rule: 'admin' },
-    { method: 'GET', path: '/v1/devices', rule: 'admin' },
+    { method: 'GET', path: '/v1/devices', rule: 'user' },
     { method: 'GET', path: '/v1/devices/auth-a', rule: 'device' },
-    { method: 'PATCH', path: '/v1/devices/auth-a', body: { name: 'x' }, rule: 'admin' },
+    { method: 'PATCH', path: '/v1/devices/auth-a', body: { name: 'x' }, rule: 'owner' },
     { method: 'DELETE', path: '/v1/devices/auth-a', rule: 'admin' },
-    { method: 'POST', path: '/v1/devices/auth-a/token', rule: 'admin' },
+    { method: 'POST', path: '/v1/devices/auth-a/token', rule: 'owner' },
     { method: 'GET', path: '/v1/devices/auth-a/telemetry/latest', rule: 'device' },
     { method: 'GET', path: '/v1/devices/auth-a/telemetry', rule: 'device' },
     { method: 'POST', path: '/v1/devices/auth-a/telemetry', body: { auth: 1 }, rule: 'device' },
@@ -321,11 +323,11 @@ describe('bearer credentials', () => {
 
   type Credential = 'none' | 'wrong' | 'own device' | 'other device'
   // what each credential gets on each kind of route: [status, code], or 'allowed'
-  const EXPECT: Record<Credential, Record<'admin' | 'device', [number, string] | 'allowed'>> = {
-    none: { admin: [401, 'AUTH_REQUIRED'], device: [401, 'AUTH_REQUIRED'] },
-    wrong: { admin: [401, 'AUTH_INVALID'], device: [401, 'AUTH_INVALID'] },
-    'own device': { admin: [403, 'ADMIN_REQUIRED'], device: 'allowed' },
-    'other device': { admin: [403, 'ADMIN_REQUIRED'], device: [403, 'DEVICE_TOKEN_SCOPE'] },
+  const EXPECT: Record<Credential, Record<Rule, [number, string] | 'allowed'>> = {
+    none: { admin: [401, 'AUTH_REQUIRED'], user: [401, 'AUTH_REQUIRED'], owner: [401, 'AUTH_REQUIRED'], device: [401, 'AUTH_REQUIRED'] },
+    wrong: { admin: [401, 'AUTH_INVALID'], user: [401, 'AUTH_INVALID'], owner: [401, 'AUTH_INVALID'], device: [401, 'AUTH_INVALID'] },
+    'own device': { admin: [403, 'ADMIN_REQUIRED'], user: [403, 'USER_REQUIRED'], owner: [403, 'USER_REQUIRED'], device: 'allowed' },
+    'other device': { admin: [403, 'ADMIN_REQUIRED'], user: [403, 'USER_REQUIRED'], owner: [403, 'USER_REQUIRED'], device: [403, 'DEVICE_TOKEN_SCOPE'] },
   }
 
   const table = ROUTES.flatMap(r => (Object.keys(EXPECT) as Credential[]).map(c => [`${r.method} ${r.path}`, c, r, EXPECT[c][r.rule]] as const))

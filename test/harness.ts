@@ -54,6 +54,9 @@ export function testEnv (dataDir: string, extra: Record<string, string> = {}): R
     ROOST_LOG_LEVEL: process.env.ROOST_TEST_LOG_LEVEL ?? 'silent',
     ROOST_ADMIN_TOKEN: 'rat_test_' + randomBytes(12).toString('hex'),
     ROOST_SERVICE_TOKEN: 'rst_test_' + randomBytes(12).toString('hex'),
+    // suites make many calls and deliberate bad logins from one address; the tests of limits set their own
+    ROOST_RATE_LIMIT_MAX: '1000000',
+    ROOST_LOGIN_ADDRESS_FAILURES: '100000',
     ...extra,
   }
 }
@@ -144,5 +147,16 @@ export async function eventually<T> (check: () => Promise<T | undefined> | T | u
     if (v !== undefined) return v
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
     await sleep(25)
+  }
+}
+
+/** The SUBACK return codes for `filters`; mqtt.js rejects a SUBACK holding 0x80 but keeps the packet on the error. */
+export async function subscribeCodes (client: MqttClient, filters: string | string[]): Promise<number[]> {
+  try {
+    return (await client.subscribeAsync(filters, { qos: 1 })).map(g => g.qos)
+  } catch (err) {
+    const granted = (err as { packet?: { granted?: unknown } }).packet?.granted
+    if (!Array.isArray(granted)) throw err
+    return granted as number[]
   }
 }

@@ -99,11 +99,11 @@ describe('device state', () => {
     expect(Object.keys(doc.state)).toHaveLength(20)
   })
 
-  it('PATCH needs the admin token; a device reads its own state with its token', async () => {
+  it('PATCH needs the admin or the owner; a device reads its own state with its token', async () => {
     const token = await roost.addDevice('thermo')
     const patch = await roost.request('PATCH', '/v1/devices/thermo/state', { state: { a: 1 } }, token)
     expect(patch.status).toBe(403)
-    expect(patch.body.code).toBe('ADMIN_REQUIRED')
+    expect(patch.body.code).toBe('USER_REQUIRED')
     expect((await roost.request('GET', '/v1/devices/thermo/state', undefined, token)).status).toBe(200)
     expect((await roost.request('PATCH', '/v1/devices/nobody/state', { state: { a: 1 } })).body.code).toBe('DEVICE_NOT_FOUND')
     expect((await roost.request('PATCH', '/v1/devices/thermo/state', { state: [1] })).status).toBe(400)
