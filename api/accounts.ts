@@ -74,13 +74,13 @@ export const accountRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asy
       summary: 'Create an account: by the admin, or by anyone when self sign-up is on (ROOST_SIGNUP)',
       tags: ['accounts'],
       body: UserCreate,
-      response: { 201: User, ...errorResponses(['VALIDATION_FAILED', 'SIGNUP_DISABLED', 'AUTH_INVALID', 'PASSWORD_TOO_SHORT', 'USER_EXISTS']) },
+      response: { 201: User, ...errorResponses(['VALIDATION_FAILED', 'SIGNUP_DISABLED', 'ADMIN_REQUIRED', 'PASSWORD_TOO_SHORT', 'USER_EXISTS', 'RATE_LIMITED']) },
     },
   }, async (request, reply) => {
     const token = bearerToken(request)
     const byAdmin = token !== undefined && ctx.isAdminToken(token)
-    if (token !== undefined && !byAdmin) throw new RoostError('AUTH_INVALID')
-    if (!byAdmin && !ctx.accounts.signup) throw new RoostError('SIGNUP_DISABLED')
+    // with sign-up on, anyone may create an account, whatever credential it sends along
+    if (!byAdmin && !ctx.accounts.signup) throw new RoostError(token === undefined ? 'SIGNUP_DISABLED' : 'ADMIN_REQUIRED')
     checkPassword(request.body.password)
     const user = await createUser(db, request.body.email, await hashPassword(request.body.password), now())
     if (user === undefined) throw new RoostError('USER_EXISTS')

@@ -110,6 +110,7 @@ describe('an access token past its lifetime', () => {
 describe('who may use which route (route × role)', () => {
   let r: TestRoost
   const creds: Record<string, string | null> = {}
+  let commandId = ''
   beforeAll(async () => {
     r = await startRoost()
     const owner = await makeUser(r, 'owner@example.com')
@@ -124,11 +125,14 @@ describe('who may use which route (route × role)', () => {
     await r.addDevice('mx-spare')
     creds.none = null
     for (const id of ['mx-dev', 'mx-spare']) await r.request('PATCH', `/v1/devices/${id}`, { ownerId: owner.userId })
+    commandId = (await r.request('POST', '/v1/devices/mx-dev/commands', { name: 'probe' })).body.id
   })
   afterAll(async () => { await r?.close() })
 
   type Role = 'admin' | 'owner' | 'other user' | 'key read' | 'key read+write' | 'key read+write+admin' | 'device' | 'none'
-  type Want = 'ok' | [number, string]
+  // ok: a 2xx; pass: the credential was let through (the route then answered on its own terms, e.g. 400
+  // for a missing body or 409 for a command already answered), anything else: that status and code
+  type Want = 'ok' | 'pass' | [number, string]
   const NO: Want = [401, 'AUTH_REQUIRED']
   const HIDDEN: Want = [404, 'DEVICE_NOT_FOUND']
   const ADMIN: Want = [403, 'ADMIN_REQUIRED']
@@ -154,18 +158,31 @@ describe('who may use which route (route × role)', () => {
     { route: 'GET /v1/webhooks', want: { admin: 'ok', owner: ADMIN, 'other user': ADMIN, 'key read': ADMIN, 'key read+write': ADMIN, 'key read+write+admin': ADMIN, device: ADMIN, none: NO } },
     { route: 'POST /v1/devices/mx-spare/token', want: { admin: 'ok', owner: 'ok', 'other user': HIDDEN, 'key read': SCOPE, 'key read+write': 'ok', 'key read+write+admin': 'ok', device: USER, none: NO } },
     { route: 'DELETE /v1/devices/mx-spare', want: { admin: ADMIN, owner: ADMIN, 'other user': ADMIN, 'key read': ADMIN, 'key read+write': ADMIN, 'key read+write+admin': ADMIN, device: ADMIN, none: NO } },
+    { route: 'GET /v1/devices/mx-dev/commands/{cmd}', want: { admin: 'ok', owner: 'ok', 'other user': HIDDEN, 'key read': 'ok', 'key read+write': 'ok', 'key read+write+admin': 'ok', device: 'ok', none: NO } },
+    { route: 'POST /v1/devices/mx-dev/commands/{cmd}/result', body: { ok: true }, want: { admin: 'pass', owner: SELF, 'other user': SELF, 'key read': SELF, 'key read+write': SELF, 'key read+write+admin': SELF, device: 'pass', none: NO } },
+    { route: 'POST /v1/users', body: { email: 'x@example.com', password: 'long enough' }, want: { admin: 'pass', owner: ADMIN, 'other user': ADMIN, 'key read': ADMIN, 'key read+write': ADMIN, 'key read+write+admin': ADMIN, device: ADMIN, none: [403, 'SIGNUP_DISABLED'] } },
+    { route: 'POST /v1/api-keys', body: { name: 'm' }, want: { admin: USER, owner: 'ok', 'other user': 'ok', 'key read': SCOPE, 'key read+write': SCOPE, 'key read+write+admin': 'ok', device: USER, none: NO } },
+    { route: 'DELETE /v1/api-keys/k_unknown', want: { admin: USER, owner: [404, 'API_KEY_NOT_FOUND'], 'other user': [404, 'API_KEY_NOT_FOUND'], 'key read': SCOPE, 'key read+write': SCOPE, 'key read+write+admin': [404, 'API_KEY_NOT_FOUND'], device: USER, none: NO } },
+    { route: 'POST /v1/auth/password', body: { currentPassword: 'not it at all', newPassword: 'whatever long' }, want: { admin: USER, owner: [401, 'LOGIN_FAILED'], 'other user': [401, 'LOGIN_FAILED'], 'key read': SCOPE, 'key read+write': SCOPE, 'key read+write+admin': [401, 'LOGIN_FAILED'], device: USER, none: NO } },
+    { route: 'POST /v1/devices/mx-spare/claim', body: { code: 'NOPE' }, want: { admin: USER, owner: [409, 'DEVICE_OWNED'], 'other user': [409, 'DEVICE_OWNED'], 'key read': SCOPE, 'key read+write': [409, 'DEVICE_OWNED'], 'key read+write+admin': [409, 'DEVICE_OWNED'], device: USER, none: NO } },
+    { route: 'GET /v1/firmware', want: { admin: 'ok', owner: ADMIN, 'other user': ADMIN, 'key read': ADMIN, 'key read+write': ADMIN, 'key read+write+admin': ADMIN, device: ADMIN, none: NO } },
+    { route: 'POST /v1/firmware', want: { admin: 'pass', owner: ADMIN, 'other user': ADMIN, 'key read': ADMIN, 'key read+write': ADMIN, 'key read+write+admin': ADMIN, device: ADMIN, none: NO } },
+    { route: 'POST /v1/webhooks', body: { url: 'http://127.0.0.1:9/hook', events: ['presence'] }, want: { admin: 'ok', owner: ADMIN, 'other user': ADMIN, 'key read': ADMIN, 'key read+write': ADMIN, 'key read+write+admin': ADMIN, device: ADMIN, none: NO } },
+    { route: 'GET /metrics', want: { admin: 'ok', owner: ADMIN, 'other user': ADMIN, 'key read': ADMIN, 'key read+write': ADMIN, 'key read+write+admin': ADMIN, device: ADMIN, none: NO } },
   ]
   // DELETE's admin case would remove the device the other rows use; the admin's delete is in devices-api.test.ts
   const rows = MATRIX.flatMap(m => (Object.keys(m.want) as Role[]).map(role => [m.route, role, m.body, m.want[role]] as const))
 
   it.each(rows)('%s as %s', async (route, role, body, want) => {
-    const [method, path] = route.split(' ') as [string, string]
+    const [method, template] = route.split(' ') as [string, string]
+    const path = template.replace('{cmd}', commandId)
     if (route === 'DELETE /v1/devices/mx-spare' && role === 'admin') return
     // SSE never ends by itself: ask with a HEAD-less GET and drop the stream once the status is known
     const res = path === '/v1/events'
       ? await sseStatus(r.httpUrl + path, creds[role] ?? null)
       : await r.request(method, path, body, creds[role] ?? null)
     if (want === 'ok') expect(res.status, JSON.stringify(res.body)).toBeLessThan(300)
+    else if (want === 'pass') expect([401, 403].includes(res.status) || res.body?.code === 'DEVICE_NOT_FOUND', JSON.stringify(res.body)).toBe(false)
     else expectCode(res, want[0], want[1])
   })
 
