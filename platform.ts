@@ -5,7 +5,7 @@
 import type { FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
 import { Registry, collectDefaultMetrics } from 'prom-client'
-import type { Config } from './schemas/config.ts'
+import { ConfigError, type Config } from './schemas/config.ts'
 import { openDatabase, type Database } from './db/open.ts'
 import { scheduleMaintenance } from './db/maintenance.ts'
 import { buildBroker, type Broker } from './broker/index.ts'
@@ -89,14 +89,14 @@ export async function startPlatform (config: Config, log: Logger, parts: readonl
     if (parts.includes('bridge')) {
       if (config.openai.apiKey === undefined) {
         // alone, a bridge without a key has nothing to do; inside `roost start` voice is simply off
-        if (parts.length === 1) throw new Error('roost bridge needs OPENAI_API_KEY (voice is off without it)')
+        if (parts.length === 1) throw new ConfigError(['OPENAI_API_KEY (--openai-api-key) must be set for roost bridge: voice is off without it'])
         log.info('voice off: OPENAI_API_KEY is not set')
       } else {
         const { startBridge } = await import('./bridge/index.ts')
         // in one process the bridge logs in to this broker over loopback like any service
         const host = config.broker.host === '0.0.0.0' || config.broker.host === '::' ? '127.0.0.1' : config.broker.host
         const brokerUrl = ports.mqtt !== undefined ? `mqtt://${host.includes(':') ? `[${host}]` : host}:${ports.mqtt}` : config.broker.url
-        bridge = await startBridge(config, log.child({ part: 'bridge' }), { brokerUrl })
+        bridge = await startBridge(config, log.child({ part: 'bridge' }), { brokerUrl, db, registry })
       }
     }
   } catch (err) {

@@ -18,11 +18,12 @@ export type Principal =
 /**
  * none: public. admin: the admin token. user: the admin or any user. owner: the admin or the user who
  * owns the device in `:id`. device: those, or the token of the device in `:id`. device-self: the admin
- * or the device itself (what only a device does, e.g. answering its commands).
+ * or the device itself (what only a device does, e.g. answering its commands). device-token: a device token
+ * only, on a route that names no device: the device is the token's (e.g. a device asking for its update).
  * A user's credential needs the route's scope: `read` for GET, `write` otherwise, unless `scope` says.
  * A device a user does not own answers 404, as if it did not exist, so ids do not leak.
  */
-export type AuthRule = 'none' | 'admin' | 'user' | 'owner' | 'device' | 'device-self'
+export type AuthRule = 'none' | 'admin' | 'user' | 'owner' | 'device' | 'device-self' | 'device-token'
 
 declare module 'fastify' {
   interface FastifyContextConfig { auth?: AuthRule, scope?: ApiKeyScope }
@@ -39,6 +40,7 @@ export function authErrors (rule: AuthRule): ErrorCode[] {
     case 'owner': return ['AUTH_REQUIRED', 'AUTH_INVALID', 'USER_REQUIRED', 'SCOPE_REQUIRED', 'DEVICE_NOT_FOUND', 'RATE_LIMITED']
     case 'device': return ['AUTH_REQUIRED', 'AUTH_INVALID', 'DEVICE_TOKEN_SCOPE', 'SCOPE_REQUIRED', 'DEVICE_NOT_FOUND', 'RATE_LIMITED']
     case 'device-self': return ['AUTH_REQUIRED', 'AUTH_INVALID', 'DEVICE_TOKEN_SCOPE', 'DEVICE_CREDENTIAL_REQUIRED', 'RATE_LIMITED']
+    case 'device-token': return ['AUTH_REQUIRED', 'AUTH_INVALID', 'DEVICE_TOKEN_REQUIRED', 'RATE_LIMITED']
   }
 }
 
@@ -81,6 +83,11 @@ export function installAuth (app: FastifyInstance, opts: { adminToken: string, d
 }
 
 async function authorize (request: FastifyRequest, rule: Exclude<AuthRule, 'none'>, principal: Principal, db: Database): Promise<void> {
+  // the route acts for the device the token belongs to: nobody else can stand in for it, the admin included
+  if (rule === 'device-token') {
+    if (principal.kind !== 'device') throw new RoostError('DEVICE_TOKEN_REQUIRED')
+    return
+  }
   if (principal.kind === 'admin') return
   const target = (request.params as { id?: string } | undefined)?.id
   if (principal.kind === 'device') {

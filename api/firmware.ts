@@ -261,7 +261,7 @@ export const firmwareRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => as
     },
   }, async (request, reply) => {
     const { id } = request.params
-    // a rollout still handing this image out keeps it (firmwareInUse is filled in by the rollouts part)
+    // a rollout still handing this image out (draft, running or paused) keeps it
     if (await firmwareInUse(db, id)) throw new RoostError('FIRMWARE_IN_USE', { id })
     if (!await deleteFirmware(db, id)) throw new RoostError('FIRMWARE_NOT_FOUND', { id })
     // a download still streaming keeps its open file; the name is gone at once

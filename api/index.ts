@@ -32,6 +32,8 @@ import { EventHub, eventRoutes } from './events.ts'
 import { WebhookDispatcher } from './webhook-dispatch.ts'
 import { webhookRoutes } from './webhooks.ts'
 import { firmwareRoutes } from './firmware.ts'
+import { rolloutRoutes } from './rollouts.ts'
+import { voiceRoutes } from './voice.ts'
 import { openFirmwareStore, type FirmwareStore } from './firmware-store.ts'
 import { healthRoutes } from './health.ts'
 import { mqttWebSocketRoute } from './mqtt-ws.ts'
@@ -56,6 +58,8 @@ export interface ApiContext {
   readonly broker: BrokerPort
   readonly now: () => number
   readonly mqtt: { readonly host: string, readonly port: number }
+  // where devices reach this API (ROOST_PUBLIC_URL), no trailing slash; a configured port 0 is the real one
+  readonly publicUrl: () => string
   readonly telemetryLimits: TelemetryLimits
   readonly events: EventHub
   readonly eventsWindow: number
@@ -125,6 +129,7 @@ export async function buildApi (config: Config, deps: ApiDeps): Promise<FastifyI
   if (urlSecret === undefined) throw new Error('buildApi needs config.auth.urlSecret (resolveSecrets fills it)')
   const app = Fastify({
     loggerInstance: deps.log as FastifyBaseLogger,
+    trustProxy: config.trustProxy,
     // request ids in logs; never the Authorization header (pino's default request serializer omits headers)
     genReqId: () => Math.random().toString(36).slice(2, 10),
   }).withTypeProvider<TypeBoxTypeProvider>()
@@ -136,6 +141,13 @@ export async function buildApi (config: Config, deps: ApiDeps): Promise<FastifyI
     broker: deps.broker,
     now: deps.now ?? Date.now,
     mqtt: { host: config.broker.publicHost, port: deps.mqttPort ?? config.broker.mqttPort },
+    publicUrl: () => {
+      const url = new URL(config.http.publicUrl)
+      // like ctx.mqtt above: with ROOST_HTTP_PORT=0 the port is known once the server listens
+      const address = url.port === '0' ? app.server.address() : null
+      if (typeof address === 'object' && address !== null) url.port = String(address.port)
+      return url.href.replace(/\/+$/, '')
+    },
     telemetryLimits: config.telemetry,
     events: new EventHub(config.eventsWindow),
     eventsWindow: config.eventsWindow,
@@ -190,6 +202,8 @@ export async function buildApi (config: Config, deps: ApiDeps): Promise<FastifyI
   await app.register(eventRoutes(ctx))
   await app.register(webhookRoutes(ctx))
   await app.register(firmwareRoutes(ctx))
+  await app.register(rolloutRoutes(ctx))
+  await app.register(voiceRoutes(ctx))
   await app.register(mqttWebSocketRoute(ctx))
   // unknown routes answer ROUTE_NOT_FOUND; documented here since no route of its own returns it
   app.get('/v1', {

@@ -1,6 +1,6 @@
 // The Roost broker under test, in its own process: `roost broker` (or, for the commands benchmark, broker
-// and API as `roost start` runs them) on the config the orchestrator passes in the environment,
-// answering memory and row-count requests over IPC.
+// and API, and for the voice benchmark broker, API and bridge, as `roost start` runs them) on the config
+// the orchestrator passes in the environment, answering memory and row-count requests over IPC.
 
 import { loadConfig } from '../schemas/config.ts'
 import { createLogger } from '../log.ts'

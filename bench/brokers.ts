@@ -80,7 +80,10 @@ function nodeMemory (child: NodeChild): () => Promise<BrokerMemory> {
   }
 }
 
-export async function startRoostBroker (opts: NodeBrokerOptions & { db: 'pglite' | 'postgres', deviceIds: readonly string[], api?: boolean }): Promise<RoostUnderTest> {
+/** The voice bridge's upstream, for `roost start` with the bridge (the voice benchmark's fake Realtime server). */
+export interface RealtimeUpstream { readonly apiKey: string, readonly baseUrl: string }
+
+export async function startRoostBroker (opts: NodeBrokerOptions & { db: 'pglite' | 'postgres', deviceIds: readonly string[], api?: boolean, voice?: RealtimeUpstream }): Promise<RoostUnderTest> {
   let pg: PostgresServer | undefined
   if (opts.db === 'postgres') pg = await startPostgres()
   await buildPgliteTemplate() // no-op once the test suite (or an earlier run) built it
@@ -96,8 +99,12 @@ export async function startRoostBroker (opts: NodeBrokerOptions & { db: 'pglite'
     try { devices = await seedDevices(db, opts.deviceIds) } finally { await db.close() }
     const roostEnv = testEnv(dataDir, { ROOST_LOG_LEVEL: 'warn', ...(pg !== undefined ? { DATABASE_URL: pg.url } : {}) })
     // with the API, `roost start` in one process: REST on an ephemeral port (testEnv's ROOST_HTTP_PORT=0)
-    const env: Record<string, string> = { ...childBaseEnv(), ...roostEnv, ...(opts.api === true ? { [ROOST_PARTS_ENV]: 'broker,api' } : {}) }
-    const kind = `roost-${opts.db}${opts.api === true ? '-api' : ''}`
+    // with the voice bridge as well: all three parts, as `roost start` runs them with OPENAI_API_KEY set
+    const parts: Record<string, string> = opts.voice !== undefined
+      ? { [ROOST_PARTS_ENV]: 'broker,api,bridge', OPENAI_API_KEY: opts.voice.apiKey, OPENAI_BASE_URL: opts.voice.baseUrl }
+      : opts.api === true ? { [ROOST_PARTS_ENV]: 'broker,api' } : {}
+    const env: Record<string, string> = { ...childBaseEnv(), ...roostEnv, ...parts }
+    const kind = `roost-${opts.db}${opts.voice !== undefined ? '-voice' : opts.api === true ? '-api' : ''}`
     const { child, hello } = await NodeChild.start<RoostHello>('./broker-roost.ts', {
       name: kind,
       core: opts.settings.placement.broker,

@@ -175,6 +175,17 @@ export function serveParent (handlers: Readonly<Record<string, (arg: unknown) =>
   send({ hello } satisfies Hello)
 }
 
+// USER_HZ: the unit of utime/stime in /proc/<pid>/stat on Linux
+const CLOCK_TICKS_PER_SECOND = 100
+
+/** CPU seconds (user + system) a process has used so far, from /proc. */
+export function processCpuSeconds (pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  // fields after the parenthesised command name; utime and stime are the 14th and 15th of the whole line
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND
+}
+
 /** Resident set size of a process, from /proc (the same measure for Node brokers and Mosquitto). */
 export function rssBytes (pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8')

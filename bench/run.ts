@@ -1,10 +1,11 @@
-// `npm run bench [-- relay | ingest | idle | commands ...]`: runs the benchmarks, prints their tables and writes
+// `npm run bench [-- relay | ingest | idle | commands | voice ...]`: runs the benchmarks, prints their tables and writes
 // bench/results/<name>-<timestamp>.json plus a bench/results/latest.json summary. Benchmarks are not tests.
 
 import { relayBenchmark } from './relay.ts'
 import { ingestBenchmark } from './ingest.ts'
 import { idleBenchmark } from './idle.ts'
 import { commandsBenchmark } from './commands.ts'
+import { voiceBenchmark } from './voice.ts'
 import { loadSettings, usage, type BenchName, type Settings } from './settings.ts'
 import { machine, printReport, writeResults, type BenchReport } from './report.ts'
 import { cleanUpAll } from './process.ts'
@@ -14,6 +15,7 @@ const RUNNERS: Record<BenchName, (s: Settings) => Promise<BenchReport>> = {
   ingest: ingestBenchmark,
   idle: idleBenchmark,
   commands: commandsBenchmark,
+  voice: voiceBenchmark,
 }
 
 // ^C mid-run: stop brokers, Postgres and Mosquitto, and remove their data dirs, before exiting

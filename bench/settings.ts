@@ -4,7 +4,7 @@
 import { placement, type Placement } from './process.ts'
 import type { Part } from '../platform.ts'
 
-export const BENCHMARKS = ['relay', 'ingest', 'idle', 'commands'] as const
+export const BENCHMARKS = ['relay', 'ingest', 'idle', 'commands', 'voice'] as const
 export type BenchName = typeof BENCHMARKS[number]
 export const BROKERS = ['roost', 'aedes', 'mosquitto'] as const
 export type BrokerName = typeof BROKERS[number]
@@ -24,6 +24,8 @@ export interface Settings {
   readonly idleConnections: number
   readonly connectConcurrency: number
   readonly commandDevices: number
+  readonly voiceDevices: number
+  readonly voiceMeasureMs: number
   readonly profile: boolean
   readonly placement: Placement
 }
@@ -55,6 +57,9 @@ const INTS = {
   // retried a second later, which measures TCP's retry timer instead of the broker
   concurrency: { env: 'BENCH_CONNECT_CONCURRENCY', default: 50, min: 1, help: 'logins in progress at once while opening idle connections' },
   commandDevices: { env: 'BENCH_COMMAND_DEVICES', default: 100, min: 1, help: 'devices in the commands benchmark, each with one HTTP loop sending it commands back to back' },
+  voiceDevices: { env: 'BENCH_VOICE_DEVICES', default: 20, min: 1, help: 'talking devices in the voice benchmark (half of them interrupt each reply)' },
+  // a voice turn takes 3–6 s, so BENCH_SECONDS' few seconds would hold a turn or two per device
+  voiceSeconds: { env: 'BENCH_VOICE_SECONDS', default: 40, min: 5, help: 'measured window of the voice benchmark, in seconds' },
 } as const satisfies Record<string, IntSetting>
 
 export function usage (): string {
@@ -101,6 +106,8 @@ export function loadSettings (argv: readonly string[], env: Readonly<Record<stri
     idleConnections: int(INTS.connections),
     connectConcurrency: int(INTS.concurrency),
     commandDevices: int(INTS.commandDevices),
+    voiceDevices: int(INTS.voiceDevices),
+    voiceMeasureMs: int(INTS.voiceSeconds) * 1000,
     profile: env.BENCH_PROFILE === '1' || env.BENCH_PROFILE === 'true',
     placement: placement(),
   }
@@ -108,12 +115,16 @@ export function loadSettings (argv: readonly string[], env: Readonly<Record<stri
   return settings
 }
 
-/** Tells the Roost child (bench/broker-roost.ts) which parts to start: `broker` (the default) or `broker,api`. */
+/** Tells the Roost child (bench/broker-roost.ts) which parts to start: `broker` (the default), `broker,api` or `broker,api,bridge`. */
 export const ROOST_PARTS_ENV = 'BENCH_ROOST_PARTS'
 
 /** The parts the Roost child starts, from the variable its parent set (read in the child). */
 export function roostParts (env: Readonly<Record<string, string | undefined>>): Part[] {
-  return env[ROOST_PARTS_ENV] === 'broker,api' ? ['broker', 'api'] : ['broker']
+  switch (env[ROOST_PARTS_ENV]) {
+    case 'broker,api': return ['broker', 'api']
+    case 'broker,api,bridge': return ['broker', 'api', 'bridge']
+    default: return ['broker']
+  }
 }
 
 /** What a broker child needs from our environment (no ROOST_* or DATABASE_URL of the caller's shell). */

@@ -1,52 +1,64 @@
 // The bridge part: an MQTT service client on the broker that turns each device's voice topics into one
 // VoiceSession (bridge/session.ts). It hears `audio/ctl`, `audio/up` and presence of every device and answers
-// on `audio/down` and `audio/events`.
+// on `audio/down` and `audio/events`. Every bridge instance hears every device; the database lease
+// (bridge/ledger.ts) decides which one serves it.
 
 import { randomBytes } from 'node:crypto'
 import type { Socket } from 'node:net'
 import mqtt, { type MqttClient } from 'mqtt'
 import type { Logger } from 'pino'
+import type { Registry } from 'prom-client'
 import type { Config } from '../schemas/config.ts'
+import type { Database } from '../db/open.ts'
 import { errorMessage, type ErrorCode } from '../schemas/errors.ts'
 import { parseTopic } from '../schemas/topics.ts'
-import { DEFAULT_VOICE_SETTINGS, parseDeviceControl, type BridgeEvent, type HelloMessage, type VoiceSettings } from '../schemas/voice.ts'
+import { DEFAULT_VOICE_SETTINGS, parseDeviceControl, type BridgeEvent, type HelloMessage } from '../schemas/voice.ts'
 import { warmCodecs } from './codec.ts'
+import { openLedger, type GateDecision } from './ledger.ts'
+import { registerVoiceMetrics } from './metrics.ts'
 import type { RealtimeClient, RealtimeOptions } from './realtime.ts'
-import { VoiceSession, type EndReason, type SessionDeps } from './session.ts'
+import { newSessionId, VoiceSession, type EndReason } from './session.ts'
 
-// the MQTT.js defaults reconnect after 1 s; a voice bridge should come back as fast as the broker does
+// MQTT.js's default; a voice bridge should be back as soon as the broker is
 const RECONNECT_MS = 1000
-
-/** What decides, per device and hello, whether a session may start and with which settings. */
-export interface SessionGate {
-  // settings for a new session, or a refusal sent to the device as an error event
-  open (deviceId: string, hello: HelloMessage): Promise<{ ok: true, settings: VoiceSettings, hooks?: Partial<Pick<SessionDeps, 'onUsage' | 'onTranscript'>> & { onEnd?: () => void, limit?: { resetAt: number, remainingMs: number } } } | { ok: false, code: ErrorCode, params?: Record<string, string | number>, limit?: { reason: 'daily_minutes', resetAt: number } }>
-  close (): Promise<void>
-}
 
 export interface BridgeOptions {
   readonly brokerUrl: string
-  readonly gate?: SessionGate
+  // settings, budgets, leases and history; without it every device gets the defaults and nothing is kept
+  readonly db?: Database
   // the Realtime transport; tests and other upstreams pass their own
   readonly connect?: (opts: RealtimeOptions) => RealtimeClient
+  readonly leaseMs?: number
+  // the platform's Prometheus registry, for the voice latency histograms (bridge/metrics.ts)
+  readonly registry?: Registry
 }
 
 export interface Bridge {
   readonly sessions: ReadonlyMap<string, VoiceSession>
+  // the lease owner name of this instance (undefined without a database)
+  readonly owner: string | undefined
   close (): Promise<void>
 }
+
+// `at`: when the message reached the bridge (performance.now()), for the latency metrics
+type Held = { readonly family: 'ctl' | 'up', readonly payload: Buffer, readonly at: number }
 
 export async function startBridge (config: Config, log: Logger, opts: BridgeOptions): Promise<Bridge> {
   const apiKey = config.openai.apiKey
   if (apiKey === undefined) throw new Error('the voice bridge needs OPENAI_API_KEY')
   // the first Opus instance compiles opusscript's WebAssembly; pay that now, not in a device's first frame
   warmCodecs()
+  const metrics = opts.registry === undefined ? undefined : registerVoiceMetrics(opts.registry)
   const sessions = new Map<string, VoiceSession>()
   // messages of a device whose hello is still being decided, replayed in order once it is
-  const waiting = new Map<string, Array<{ family: 'ctl' | 'up', payload: Buffer }>>()
-  const budgetTimers = new Map<string, NodeJS.Timeout>()
-  const gate = opts.gate
+  const waiting = new Map<string, Held[]>()
+  // devices whose session another bridge owns: their traffic is that bridge's to answer
+  const elsewhere = new Set<string>()
   let closing = false
+  const endSession = (deviceId: string, reason: EndReason): void => { sessions.get(deviceId)?.end(reason) }
+  const gate = opts.db === undefined
+    ? undefined
+    : openLedger(opts.db, { model: config.openai.realtimeModel, log, leaseMs: opts.leaseMs, onLeaseLost: id => endSession(id, 'lease_lost') })
 
   const client: MqttClient = await mqtt.connectAsync(opts.brokerUrl, {
     username: 'service:bridge',
@@ -72,88 +84,92 @@ export async function startBridge (config: Config, log: Logger, opts: BridgeOpti
   const refuse = (deviceId: string, code: ErrorCode, params: Record<string, string | number> = {}): void =>
     event(deviceId, { type: 'error', code, message: errorMessage(code, params) })
 
-  const endSession = (deviceId: string, reason: EndReason): void => {
-    sessions.get(deviceId)?.end(reason)
-  }
-
   const hello = async (deviceId: string, msg: HelloMessage): Promise<void> => {
     endSession(deviceId, 'replaced')
-    const decision = gate === undefined ? { ok: true as const, settings: DEFAULT_VOICE_SETTINGS } : await gate.open(deviceId, msg)
+    elsewhere.delete(deviceId)
+    const sessionId = newSessionId()
+    let decision: GateDecision
+    try {
+      decision = gate === undefined ? { ok: true, settings: DEFAULT_VOICE_SETTINGS } : await gate.open(deviceId, msg, sessionId)
+    } catch (err) {
+      log.warn({ err: (err as Error).message, deviceId }, 'voice session not decided: database unavailable')
+      decision = { ok: false, code: 'DB_UNAVAILABLE' }
+    }
     if (closing) return
     if (!decision.ok) {
+      if (decision.silent === true) { elsewhere.add(deviceId); return }
       if (decision.limit !== undefined) event(deviceId, { type: 'limit', reason: decision.limit.reason, resetAt: decision.limit.resetAt })
       refuse(deviceId, decision.code, decision.params)
       event(deviceId, { type: 'state', state: 'idle' })
       return
     }
-    const hooks = decision.hooks ?? {}
-    const session = new VoiceSession({
+    const record = decision.record
+    const session: VoiceSession = new VoiceSession({
+      id: sessionId,
       deviceId,
       hello: msg,
       settings: decision.settings,
+      budget: decision.budget,
       realtime: { apiKey, baseUrl: config.openai.baseUrl, model: config.openai.realtimeModel },
       idleMs: config.voice.idleMs,
       log,
       publish,
       connect: opts.connect,
-      onUsage: hooks.onUsage,
-      onTranscript: hooks.onTranscript,
+      metrics,
+      onReady: () => record?.ready(session),
+      onUsage: usage => record?.usage(session, usage),
+      onTranscript: (role, text) => record?.transcript(session, role, text),
       onEnd: (s, reason) => {
         if (sessions.get(deviceId) === s) sessions.delete(deviceId)
-        clearTimeout(budgetTimers.get(deviceId))
-        budgetTimers.delete(deviceId)
-        hooks.onEnd?.()
-        log.debug({ deviceId, reason }, 'voice session removed')
+        void record?.ended(s, reason)
       },
     })
     sessions.set(deviceId, session)
-    const limit = hooks.limit
-    if (limit !== undefined) {
-      // the budget left today: the session says `limit` and ends when it is spent
-      const t = setTimeout(() => session.limit('daily_minutes', limit.resetAt), Math.max(0, limit.remainingMs))
-      t.unref()
-      budgetTimers.set(deviceId, t)
-    }
     // connecting goes on in the background; the session buffers early audio and answers hello when ready
     void session.start()
   }
 
-  const handle = (deviceId: string, family: 'ctl' | 'up', payload: Buffer): void => {
+  const handle = (deviceId: string, family: 'ctl' | 'up', payload: Buffer, at: number): void => {
     const queue = waiting.get(deviceId)
-    if (queue !== undefined) { queue.push({ family, payload }); return }
-    if (family === 'up') { sessions.get(deviceId)?.uplink(payload); return }
+    if (queue !== undefined) { queue.push({ family, payload, at }); return }
+    if (family === 'up') { sessions.get(deviceId)?.uplink(payload, at); return }
     const parsed = parseDeviceControl(payload)
-    if (!parsed.ok) { refuse(deviceId, parsed.code, { detail: parsed.detail }); return }
+    if (!parsed.ok) {
+      if (!elsewhere.has(deviceId)) refuse(deviceId, parsed.code, { detail: parsed.detail })
+      return
+    }
     const msg = parsed.message
     if (msg.type === 'hello') {
-      // what follows the hello waits until its session exists (the gate may ask the database first)
-      const held: Array<{ family: 'ctl' | 'up', payload: Buffer }> = []
+      // what follows the hello waits until its session exists (the gate asks the database first)
+      const held: Held[] = []
       waiting.set(deviceId, held)
       hello(deviceId, msg).catch(err => log.error({ err, deviceId }, 'voice session failed to start')).finally(() => {
         waiting.delete(deviceId)
-        for (const m of held) handle(deviceId, m.family, m.payload)
+        for (const m of held) handle(deviceId, m.family, m.payload, m.at)
       })
       return
     }
     const session = sessions.get(deviceId)
     if (session === undefined) {
-      // a bye to no session is already done; anything else needs a hello first
-      if (msg.type !== 'bye') refuse(deviceId, 'VOICE_NO_SESSION')
+      // a bye to no session is already done; anything else needs a hello first (unless another bridge has it)
+      if (msg.type !== 'bye' && !elsewhere.has(deviceId)) refuse(deviceId, 'VOICE_NO_SESSION')
       return
     }
-    session.control(msg)
+    session.control(msg, at)
   }
 
   client.on('message', (topic, payload) => {
+    // the earliest the bridge can time a message: MQTT.js has just parsed the packet
+    const at = performance.now()
     if (closing) return
     const parsed = parseTopic(topic)
     if (parsed.space !== 'device') return
     switch (parsed.family) {
-      case 'audio/up': return handle(parsed.deviceId, 'up', payload)
-      case 'audio/ctl': return handle(parsed.deviceId, 'ctl', payload)
+      case 'audio/up': return handle(parsed.deviceId, 'up', payload, at)
+      case 'audio/ctl': return handle(parsed.deviceId, 'ctl', payload, at)
       case 'presence':
         // a device that went away is not coming back to this conversation; its next connect says hello again
-        if (sessions.has(parsed.deviceId) && !isOnline(payload)) endSession(parsed.deviceId, 'offline')
+        if (!isOnline(payload)) { endSession(parsed.deviceId, 'offline'); elsewhere.delete(parsed.deviceId) }
     }
   })
   await client.subscribeAsync({
@@ -161,17 +177,18 @@ export async function startBridge (config: Config, log: Logger, opts: BridgeOpti
     'devices/+/audio/up': { qos: 0 },
     'devices/+/presence': { qos: 1 },
   })
-  log.info({ broker: opts.brokerUrl, model: config.openai.realtimeModel }, 'voice bridge ready')
+  const owner = gate?.owner
+  log.info({ broker: opts.brokerUrl, model: config.openai.realtimeModel, owner }, 'voice bridge ready')
 
   return {
     sessions,
+    owner,
     async close () {
       closing = true
+      // each session's last event (state idle) is published, and its lease released, before the link closes
       for (const s of [...sessions.values()]) s.end('shutdown')
-      for (const t of budgetTimers.values()) clearTimeout(t)
-      // the sessions' last events (state idle) go out before the link closes
-      await client.endAsync(false).catch(() => {})
       await gate?.close()
+      await client.endAsync(false).catch(() => {})
     },
   }
 }

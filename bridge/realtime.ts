@@ -172,6 +172,9 @@ export class RealtimeClient extends EventEmitter<RealtimeEvents> {
   private outputFormat: AudioFormat = 'audio/pcm'
   private nextEventId = 1
   private pendingUpdates: PendingUpdate[] = []
+  // performance.now() when the server message being dispatched arrived, for the bridge's latency metrics
+  // (bridge/metrics.ts): listeners run synchronously inside receive(), so they read their own message's time
+  messageAt = 0
 
   constructor (private readonly opts: RealtimeOptions) {
     super()
@@ -323,6 +326,7 @@ export class RealtimeClient extends EventEmitter<RealtimeEvents> {
   }
 
   private receive (data: WebSocket.RawData, isBinary: boolean): void {
+    this.messageAt = performance.now()
     // the API sends only JSON text frames
     if (isBinary) { this.emit<'transport_error'>('transport_error', new Error('unexpected binary Realtime message')); return }
     const bytes = rawBytes(data)

@@ -8,6 +8,7 @@ import type { RealtimeServerEvent, RealtimeResponseUsage } from 'openai/resource
 import { openCodec, REALTIME_RATE, samplesFor, type AudioCodec, type FrameMs } from './codec.ts'
 import { epochNewer, nextEpoch, packFrame, parseFrame, type CodecName, type FrameHeader } from './frame.ts'
 import { UplinkReceiver } from './jitter.ts'
+import type { InterruptTrigger, VoiceMetrics } from './metrics.ts'
 import { DownlinkPacer } from './pacer.ts'
 import { RealtimeClient, RealtimeConnectError, type RealtimeOptions, type SessionOptions } from './realtime.ts'
 import { errorMessage, type ErrorCode } from '../schemas/errors.ts'
@@ -35,9 +36,10 @@ export interface SessionStats {
 }
 
 /** What ended a session, for logs and the bridge's bookkeeping. */
-export type EndReason = 'bye' | 'idle' | 'upstream_closed' | 'upstream_unavailable' | 'replaced' | 'offline' | 'shutdown' | 'limit'
+export type EndReason = 'bye' | 'idle' | 'upstream_closed' | 'upstream_unavailable' | 'replaced' | 'offline' | 'shutdown' | 'limit' | 'lease_lost'
 
 export interface SessionDeps {
+  readonly id?: string // newSessionId() unless given
   readonly deviceId: string
   readonly hello: HelloMessage
   readonly settings: VoiceSettings
@@ -55,7 +57,13 @@ export interface SessionDeps {
   readonly onTranscript?: (role: 'user' | 'assistant', text: string) => void
   readonly now?: () => number
   readonly connect?: (opts: RealtimeOptions) => RealtimeClient
+  // latency histograms (bridge/metrics.ts); spans are timed with performance.now(), not `now`, because
+  // they are sub-millisecond and must not jump with the wall clock
+  readonly metrics?: VoiceMetrics
 }
+
+// When a downlink frame's audio came from upstream and when it was queued for the pacer (bridge/metrics.ts)
+interface FrameTimes { readonly arrivedAt: number, readonly queuedAt: number }
 
 // The response being spoken (or generated): its ids, how much audio came for it, and its downlink epoch.
 interface Reply {
@@ -73,6 +81,11 @@ interface Reply {
 }
 
 let sessionSeq = 0
+
+/** A session id: unique per process and time-ordered; the device sees it in `hello`, history keeps it. */
+export function newSessionId (now: number = Date.now()): string {
+  return `vs_${now.toString(36)}${(++sessionSeq).toString(36).padStart(3, '0')}${Math.floor(Math.random() * 36 ** 4).toString(36).padStart(4, '0')}`
+}
 
 export class VoiceSession {
   readonly id: string
@@ -110,6 +123,12 @@ export class VoiceSession {
   private lastActivity: number
   private idleTimer: NodeJS.Timeout | undefined
   private limitSent = false
+  // latency metrics: per queued frame payload its times; when the current synchronous call into the pacer
+  // began, or else when the pacer's own timer began sending; when the user's last turn ended
+  private readonly frameTimes = new WeakMap<Uint8Array, FrameTimes>()
+  private pacerCallAt: number | undefined
+  private timerRunAt: number | undefined
+  private turnEndedAt: number | undefined
 
   constructor (deps: SessionDeps) {
     this.deps = deps
@@ -117,7 +136,7 @@ export class VoiceSession {
     this.now = deps.now ?? Date.now
     this.startedAt = this.now()
     this.lastActivity = this.startedAt
-    this.id = `vs_${this.startedAt.toString(36)}${(++sessionSeq).toString(36)}`
+    this.id = deps.id ?? newSessionId(this.startedAt)
     this.log = deps.log.child({ deviceId: deps.deviceId, session: this.id })
     this.mode = deps.settings.mode
     const codecName = deps.hello.codecs[0] as CodecName
@@ -160,29 +179,32 @@ export class VoiceSession {
     }
     if (this.ended) return
     this.ready = true
+    // the conversation is on record before anything of it (usage, captions) is
+    this.deps.onReady?.()
     const hello = this.deps.hello
     const up = this.codec.passThrough ? G711_RATE : (hello.rates.up ?? 16_000)
     const down = this.codec.passThrough ? G711_RATE : REALTIME_RATE
     this.event({ type: 'hello', session: this.id, codec: this.codec.name, rates: { up, down }, frame_ms: this.frameMs })
     this.setState('listening')
-    for (const audio of this.beforeReady) this.append(audio)
+    for (const audio of this.beforeReady) if (!this.ended) this.append(audio)
     this.beforeReady = []
-    if (this.commitWhenReady) this.commitTurn()
-    this.deps.onReady?.()
+    if (this.commitWhenReady && !this.ended) this.commitTurn()
     this.log.info({ codec: this.codec.name, frameMs: this.frameMs, aec: hello.aec, mode: this.mode, buffered: this.beforeReadyMs }, 'voice session ready')
   }
 
   /** One control message of the device (hello is the bridge's: it starts a new session). */
-  control (msg: DeviceControl): void {
+  control (msg: DeviceControl, receivedAt: number = performance.now()): void {
     if (this.ended) return
     this.touch()
     switch (msg.type) {
       case 'listen':
         if (msg.state === 'start') this.listenStart(msg.epoch, msg.mode)
-        else this.listenStop(msg.epoch)
+        else this.listenStop(msg.epoch, receivedAt)
         return
       case 'playback':
+        this.pacerCallAt = performance.now()
         this.pacer.report(msg.epoch, msg.playedMs)
+        this.pacerCallAt = undefined
         if (msg.epoch === this.downEpoch) this.checkPlayedOut()
         return
       case 'interrupt':
@@ -190,7 +212,7 @@ export class VoiceSession {
           this.log.debug({ epoch: msg.epoch, current: this.downEpoch }, 'interrupt of an epoch not playing; ignored')
           return
         }
-        this.bargeIn(msg.playedMs, msg.reason ?? 'device')
+        this.bargeIn(msg.playedMs, msg.reason ?? 'device', { trigger: 'device', at: receivedAt })
         return
       case 'bye':
         this.end('bye')
@@ -200,8 +222,8 @@ export class VoiceSession {
     }
   }
 
-  /** One binary frame from `audio/up`. */
-  uplink (bytes: Uint8Array): void {
+  /** One binary frame from `audio/up`, which reached the bridge at `receivedAt` (performance.now()). */
+  uplink (bytes: Uint8Array, receivedAt: number = performance.now()): void {
     if (this.ended) return
     this.touch()
     this.stats.framesUp++
@@ -213,20 +235,22 @@ export class VoiceSession {
     // half duplex: without echo cancellation the microphone hears the speaker, so nothing it picks up while
     // the bridge speaks is the user's (the receiver still ran, so its clock stays right)
     if (this.state === 'speaking' && !this.deps.hello.aec) { this.stats.mutedFrames += items.length; return }
+    let sent = false // went upstream now, rather than into the pre-ready buffer or nowhere
     for (const item of items) {
       if (item.kind === 'silence') {
-        this.append(this.codec.passThrough ? Buffer.alloc(item.pcm.length, MU_LAW_SILENCE) : item.pcm)
+        sent = this.append(this.codec.passThrough ? Buffer.alloc(item.pcm.length, MU_LAW_SILENCE) : item.pcm) || sent
         continue
       }
       if (this.codec.passThrough) {
         // the payload is only a view of the MQTT packet; it is copied before being kept
-        if (item.frame.payload.byteLength > 0) this.append(Buffer.from(item.frame.payload))
+        if (item.frame.payload.byteLength > 0) sent = this.append(Buffer.from(item.frame.payload)) || sent
         continue
       }
       const decoded = this.codec.decode(item.frame.payload)
       if (!decoded.ok) { this.stats.badFrames++; continue }
-      if (decoded.pcm.length > 0) this.append(decoded.pcm)
+      if (decoded.pcm.length > 0) sent = this.append(decoded.pcm) || sent
     }
+    if (sent) this.deps.metrics?.uplinkFrame(performance.now() - receivedAt)
   }
 
   /** Ends the session: upstream closed, queued audio dropped, `state idle` (and why, if it went wrong). */
@@ -237,8 +261,9 @@ export class VoiceSession {
     clearTimeout(this.playedOutTimer)
     clearTimeout(this.idleTimer)
     if (code !== undefined) this.event({ type: 'error', code, message: errorMessage(code, params) })
-    // a replaced session's device has already said hello again; telling it "idle" now would be wrong
-    if (reason !== 'replaced') this.setState('idle')
+    // a replaced session's device has already said hello again, and a lost lease means another bridge
+    // serves it now: telling it "idle" would be wrong
+    if (reason !== 'replaced' && reason !== 'lease_lost') this.setState('idle')
     this.codec.close()
     void this.client?.close().catch(() => {})
     this.log.info({ reason, stats: this.stats }, 'voice session ended')
@@ -268,15 +293,17 @@ export class VoiceSession {
     if (this.state !== 'speaking' && this.state !== 'connecting') this.setState('listening')
   }
 
-  private listenStop (epoch: number): void {
+  private listenStop (epoch: number, receivedAt: number): void {
     if (this.receiver.currentEpoch !== undefined && epochNewer(this.receiver.currentEpoch, epoch)) return
     this.closedEpoch = epoch
     if (this.mode !== 'ptt') return
     if (!this.ready) { this.commitWhenReady = true; return }
-    this.commitTurn()
+    this.commitTurn(receivedAt)
   }
 
-  private commitTurn (): void {
+  // `endedAt`: the end of the push-to-talk turn as the bridge saw it (a turn stopped before the upstream was
+  // ready counts from the moment it could be committed)
+  private commitTurn (endedAt: number = performance.now()): void {
     this.commitWhenReady = false
     if (this.appendedMs < MIN_COMMIT_MS) {
       // too short to be a question (a tap of the button); Realtime would refuse the commit anyway
@@ -287,22 +314,25 @@ export class VoiceSession {
     this.client?.commit()
     this.client?.createResponse()
     this.appendedMs = 0
+    this.turnEndedAt = endedAt
     this.setState('thinking')
   }
 
-  private append (audio: Int16Array | Buffer): void {
+  /** Sends audio upstream, or keeps it until the upstream is ready; true when it went upstream now. */
+  private append (audio: Int16Array | Buffer): boolean {
     const ms = Buffer.isBuffer(audio) ? (audio.length * 1000) / G711_RATE : (audio.length * 1000) / REALTIME_RATE
     if (!this.ready) {
-      if (this.beforeReadyMs + ms > PRE_READY_BUFFER_MS) { this.stats.droppedBeforeReady += ms; return }
+      if (this.beforeReadyMs + ms > PRE_READY_BUFFER_MS) { this.stats.droppedBeforeReady += ms; return false }
       // decoded samples are fresh arrays; µ-law buffers were copied above
       this.beforeReady.push(audio)
       this.beforeReadyMs += ms
-      return
+      return false
     }
-    if (this.client?.appendAudio(audio) !== true) return
+    if (this.client?.appendAudio(audio) !== true) return false
     this.appendedMs += ms
     this.heardMs += ms
     this.checkBudget()
+    return true
   }
 
   private checkBudget (): void {
@@ -348,11 +378,13 @@ export class VoiceSession {
     switch (e.type) {
       case 'input_audio_buffer.speech_started':
         // with echo cancellation the user may talk over the reply: that is a barge-in
-        if (this.state === 'speaking' && this.deps.hello.aec && this.pacer.isActive) this.bargeIn(this.pacer.playedMs(), 'speech')
+        if (this.state === 'speaking' && this.deps.hello.aec && this.pacer.isActive) this.bargeIn(this.pacer.playedMs(), 'speech', { trigger: 'speech', at: this.upstreamAt() })
         else if (this.state !== 'speaking') this.setState('listening')
         return
       case 'input_audio_buffer.speech_stopped':
       case 'input_audio_buffer.committed':
+        // server VAD's speech_stopped is where the bridge learns that the user's turn is over
+        if (e.type === 'input_audio_buffer.speech_stopped') this.turnEndedAt = this.upstreamAt()
         this.appendedMs = 0
         if (this.state !== 'speaking') this.setState('thinking')
         return
@@ -394,7 +426,10 @@ export class VoiceSession {
         if (r.interrupted) return
         this.finishDownlink(r)
         // a response with no audio (cancelled while thinking, or text only) leaves nothing to play
-        if (r.epoch === undefined) { if (this.state !== 'speaking') this.setState('listening') } else this.checkPlayedOut()
+        if (r.epoch === undefined) {
+          this.turnEndedAt = undefined
+          if (this.state !== 'speaking') this.setState('listening')
+        } else this.checkPlayedOut()
       }
     }
   }
@@ -414,6 +449,7 @@ export class VoiceSession {
     this.spokenMs += this.codec.passThrough ? (bytes.length * 1000) / G711_RATE : (pcm.length * 1000) / REALTIME_RATE
     this.checkBudget()
     if (this.ended) return
+    const arrivedAt = this.upstreamAt()
     if (this.codec.passThrough) {
       r.generatedMs += (bytes.length * 1000) / G711_RATE
       r.pendingBytes.push(Buffer.from(bytes))
@@ -422,7 +458,7 @@ export class VoiceSession {
       if (r.pendingByteCount < frameBytes) return
       const all = Buffer.concat(r.pendingBytes)
       let at = 0
-      for (; at + frameBytes <= all.length; at += frameBytes) this.pacer.push(all.subarray(at, at + frameBytes), this.frameMs)
+      for (; at + frameBytes <= all.length; at += frameBytes) this.queueFrame(all.subarray(at, at + frameBytes), this.frameMs, arrivedAt)
       r.pendingBytes = at < all.length ? [all.subarray(at)] : []
       r.pendingByteCount = all.length - at
       return
@@ -436,7 +472,7 @@ export class VoiceSession {
       r.pendingFill += n
       at += n
       if (r.pendingFill === frame.length) {
-        this.pacer.push(this.codec.encode(frame), this.frameMs)
+        this.queueFrame(this.codec.encode(frame), this.frameMs, arrivedAt)
         r.pendingFill = 0
       }
     }
@@ -460,11 +496,11 @@ export class VoiceSession {
   private finishDownlink (r: Reply): void {
     if (r.epoch === undefined || r.epoch !== this.pacer.currentEpoch || r.interrupted) return
     if (this.codec.passThrough) {
-      if (r.pendingByteCount > 0) this.pacer.push(Buffer.concat(r.pendingBytes), (r.pendingByteCount * 1000) / G711_RATE)
+      if (r.pendingByteCount > 0) this.queueFrame(Buffer.concat(r.pendingBytes), (r.pendingByteCount * 1000) / G711_RATE, this.upstreamAt())
       r.pendingBytes = []
       r.pendingByteCount = 0
     } else if (r.pendingFill > 0) {
-      this.pacer.push(this.codec.encode(r.pending.subarray(0, r.pendingFill)), (r.pendingFill * 1000) / REALTIME_RATE)
+      this.queueFrame(this.codec.encode(r.pending.subarray(0, r.pendingFill)), (r.pendingFill * 1000) / REALTIME_RATE, this.upstreamAt())
       r.pendingFill = 0
     }
     this.pacer.end()
@@ -472,9 +508,51 @@ export class VoiceSession {
 
   // ---- downlink ----
 
+  /** Hands one encoded frame to the pacer; `arrivedAt`: when the upstream message that completed it came. */
+  private queueFrame (payload: Uint8Array, durationMs: number, arrivedAt: number): void {
+    if (this.deps.metrics !== undefined) {
+      this.pacerCallAt = performance.now()
+      this.frameTimes.set(payload, { arrivedAt, queuedAt: this.pacerCallAt })
+    }
+    this.pacer.push(payload, durationMs)
+    this.pacerCallAt = undefined
+  }
+
   private sendFrame (header: FrameHeader, payload: Uint8Array): void {
+    const metrics = this.deps.metrics
+    const releasedAt = metrics === undefined ? 0 : this.releasedAt()
     this.stats.framesDown++
     this.deps.publish(this.downTopic, packFrame(header, payload), 0)
+    if (metrics === undefined) return
+    const publishedAt = performance.now()
+    // the bridge's time is up to the queue, and from the pacer's release on; the wait between is pacing
+    // (the empty END frame carries no audio and has no times)
+    const t = this.frameTimes.get(payload)
+    if (t !== undefined) metrics.downlinkFrame(t.queuedAt - t.arrivedAt + publishedAt - Math.max(t.queuedAt, releasedAt))
+    if (t !== undefined && t.queuedAt - t.arrivedAt + publishedAt - Math.max(t.queuedAt, releasedAt) > 3) console.error('DIAG', header.seq, (t.queuedAt - t.arrivedAt).toFixed(2), (publishedAt - Math.max(t.queuedAt, releasedAt)).toFixed(2), this.pacerCallAt !== undefined, (performance.now() - t.arrivedAt).toFixed(1))
+    if (header.seq === 0 && this.turnEndedAt !== undefined) {
+      metrics.firstReply(publishedAt - this.turnEndedAt)
+      this.turnEndedAt = undefined
+    }
+  }
+
+  /**
+   * When the pacer released the frame being sent: the start of the session's call into it (queueFrame, a
+   * playback report), or else the first send of the pacer's timer callback now running; a microtask runs
+   * only once that callback has returned, so it closes the run.
+   */
+  private releasedAt (): number {
+    if (this.pacerCallAt !== undefined) return this.pacerCallAt
+    if (this.timerRunAt === undefined) {
+      this.timerRunAt = performance.now()
+      queueMicrotask(() => { this.timerRunAt = undefined })
+    }
+    return this.timerRunAt
+  }
+
+  /** When the Realtime message being handled arrived (for metrics; now, if there is no client). */
+  private upstreamAt (): number {
+    return this.client?.messageAt ?? performance.now()
   }
 
   // Everything is sent; the device still plays up to PACING_LEAD_MS of it. Speaking ends when it has played.
@@ -494,7 +572,7 @@ export class VoiceSession {
    * Barge-in: the device stops playing at once (flush), nothing more of this reply is sent or generated,
    * and the conversation keeps only what the user heard (truncate at the reported `played_ms`).
    */
-  private bargeIn (playedMs: number, reason: string): void {
+  private bargeIn (playedMs: number, reason: string, seen?: { readonly trigger: InterruptTrigger, readonly at: number }): void {
     const old = this.downEpoch
     const r = this.reply
     // order matters: the queue is emptied before the flush is published, so no frame of `old` follows it
@@ -504,6 +582,7 @@ export class VoiceSession {
     this.downEpochUsed = false
     this.stats.interrupts++
     this.event({ type: 'flush', epoch: old })
+    if (seen !== undefined) this.deps.metrics?.interrupt(seen.trigger, performance.now() - seen.at)
     if (r !== undefined && r.epoch === old && !r.interrupted) {
       r.interrupted = true
       if (r.generating) this.client?.cancelResponse(r.id)

@@ -16,7 +16,7 @@ export function buildFamilyTable (telemetry: TelemetryDeps, state: StateDeps, co
     ...telemetryRules(telemetry),
     ...stateRules(state),
     ...commandRules(commands),
-    ...otaRules,
+    ...otaRules(state),
     ...presenceRules,
     ...audioRules,
     ...streamRules,

@@ -538,6 +538,8 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
       await presence.forget(deviceId)
       // an empty retained payload removes the retained desired document
       await platformPublish(deviceTopic(deviceId, 'state/desired'), Buffer.alloc(0), { qos: 1, retain: true })
+      // and its OTA notice (its rollout rows went with it)
+      await platformPublish(deviceTopic(deviceId, 'ota'), Buffer.alloc(0), { qos: 1, retain: true })
       await forgetSession(deviceId)
     }
   }

@@ -1,7 +1,8 @@
 // Firmware records: create, find, list, delete, count downloads; and whether an image is in use.
 
-import { and, desc, eq, sql } from 'drizzle-orm'
+import { and, desc, eq, inArray, sql } from 'drizzle-orm'
 import { firmware, type FirmwareRow } from '../schemas/db/firmware.ts'
+import { rollouts, UNFINISHED_ROLLOUT_STATES } from '../schemas/db/rollouts.ts'
 import type { Database } from './open.ts'
 
 export interface NewFirmware {
@@ -48,10 +49,9 @@ export async function countDownload (db: Database, id: string): Promise<void> {
   await db.orm.update(firmware).set({ downloads: sql`${firmware.downloads} + 1` }).where(eq(firmware.id, id))
 }
 
-/**
- * Whether a rollout still needs this image, so it must not be deleted. Always false for now: the rollouts
- * part of the OTA issue fills this in (a rollout that is not finished or cancelled and names this firmware).
- */
-export async function firmwareInUse (_db: Database, _id: string): Promise<boolean> {
-  return false
+/** Whether a rollout still needs this image (one that is draft, running or paused), so it must not be deleted. */
+export async function firmwareInUse (db: Database, id: string): Promise<boolean> {
+  const rows = await db.orm.select({ id: rollouts.id }).from(rollouts)
+    .where(and(eq(rollouts.firmwareId, id), inArray(rollouts.state, [...UNFINISHED_ROLLOUT_STATES]))).limit(1)
+  return rows.length > 0
 }

@@ -19,8 +19,10 @@ import * as commandsSchema from '../schemas/db/commands.ts'
 import * as webhooksSchema from '../schemas/db/webhooks.ts'
 import * as firmwareSchema from '../schemas/db/firmware.ts'
 import * as accountsSchema from '../schemas/db/accounts.ts'
+import * as voiceSchema from '../schemas/db/voice.ts'
+import * as rolloutsSchema from '../schemas/db/rollouts.ts'
 
-export const schema = { ...devicesSchema, ...telemetrySchema, ...stateSchema, ...commandsSchema, ...webhooksSchema, ...firmwareSchema, ...accountsSchema }
+export const schema = { ...devicesSchema, ...telemetrySchema, ...stateSchema, ...commandsSchema, ...webhooksSchema, ...firmwareSchema, ...accountsSchema, ...voiceSchema, ...rolloutsSchema }
 export type Schema = typeof schema
 export type Orm = PgDatabase<PgQueryResultHKT, Schema>
 

@@ -20,7 +20,8 @@ export interface Config {
     readonly publicHost: string
     readonly url: string
   }
-  readonly http: { readonly host: string, readonly port: number }
+  // publicUrl: where devices fetch firmware (OTA notices); a port of 0 stands for the port the API listens on
+  readonly http: { readonly host: string, readonly port: number, readonly publicUrl: string }
   readonly auth: {
     // undefined until resolveSecrets() fills them from the data dir (generated on first start)
     readonly adminToken: string | undefined
@@ -41,6 +42,8 @@ export interface Config {
   // failed logins from one address before it is locked out (per account it is 5)
   readonly loginAddressFailures: number
   readonly corsOrigins: readonly string[]
+  // behind a TLS-terminating proxy: take the client address and protocol from X-Forwarded-* headers
+  readonly trustProxy: boolean
   readonly openai: { readonly apiKey: string | undefined, readonly baseUrl: string, readonly realtimeModel: string }
   readonly voice: { readonly idleMs: number }
   readonly telemetry: {
@@ -85,6 +88,8 @@ export const SETTINGS = [
   { env: 'REDIS_URL', kind: 'url', default: undefined, help: 'shared broker state for several broker nodes', secret: true },
   { env: 'ROOST_HOST', kind: 'string', default: '0.0.0.0', help: 'address the MQTT and HTTP listeners bind to' },
   { env: 'ROOST_PUBLIC_HOST', kind: 'string', default: 'localhost', help: 'host name devices are told to connect to' },
+  // unset: http://{ROOST_PUBLIC_HOST}:{ROOST_HTTP_PORT}, the real port when that is 0; set it behind a proxy or TLS terminator
+  { env: 'ROOST_PUBLIC_URL', kind: 'url', default: undefined, help: 'base URL devices reach the HTTP API at (firmware links in OTA notices); default http://{ROOST_PUBLIC_HOST}:{ROOST_HTTP_PORT}' },
   { env: 'ROOST_MQTT_PORT', kind: 'port', default: '1883', help: 'plain MQTT' },
   { env: 'ROOST_MQTTS_PORT', kind: 'port', default: '8883', help: 'MQTT over TLS (needs ROOST_TLS_CERT and ROOST_TLS_KEY)' },
   { env: 'ROOST_TLS_CERT', kind: 'file', default: undefined, help: 'PEM certificate for MQTT/TLS' },
@@ -117,6 +122,7 @@ export const SETTINGS = [
   { env: 'ROOST_RATE_LIMIT_MAX', kind: 'int', default: '100', min: 1, help: 'REST requests per credential (or per IP without one) per window; /health, /metrics and /docs are not counted' },
   { env: 'ROOST_RATE_LIMIT_WINDOW_S', kind: 'int', default: '60', min: 1, help: 'the rate-limit window, in seconds' },
   { env: 'ROOST_LOGIN_ADDRESS_FAILURES', kind: 'int', default: '20', min: 1, help: 'failed REST or MQTT logins from one address before it is locked out, with a wait that doubles each further failure (per account: 5)' },
+  { env: 'ROOST_TRUST_PROXY', kind: 'bool', default: 'false', help: 'trust X-Forwarded-For/-Proto from a reverse proxy (client address for limits and lockouts; HTTPS for HSTS)' },
   { env: 'ROOST_CORS_ORIGINS', kind: 'string', default: undefined, help: 'comma-separated origins browsers may call the REST API from (* for any; empty: none)' },
   { env: 'ROOST_FIRMWARE_MAX_BYTES', kind: 'int', default: String(DEFAULT_FIRMWARE_MAX_BYTES), min: 1, help: 'largest firmware image accepted by POST /v1/firmware; larger uploads stop at this size with 413' },
   { env: 'ROOST_LAST_SEEN_FLUSH_MS', kind: 'int', default: '5000', min: 10, help: 'how often lastSeen times are written, in one statement' },
@@ -207,6 +213,7 @@ export function loadConfig (argv: readonly string[], env: Readonly<Record<string
   const key = raw.ROOST_TLS_KEY
   if ((cert === undefined) !== (key === undefined)) problems.push('ROOST_TLS_CERT and ROOST_TLS_KEY must be set together')
   if (raw.DATABASE_URL !== undefined && !/^postgres(ql)?:/.test(raw.DATABASE_URL)) problems.push('DATABASE_URL must be a postgres:// URL')
+  if (raw.ROOST_PUBLIC_URL !== undefined && !/^https?:\/\//i.test(raw.ROOST_PUBLIC_URL)) problems.push('ROOST_PUBLIC_URL must be an http:// or https:// URL')
   if (problems.length > 0) throw new ConfigError(problems)
 
   const int = (name: SettingName): number => Number(raw[name])
@@ -226,7 +233,7 @@ export function loadConfig (argv: readonly string[], env: Readonly<Record<string
       publicHost: raw.ROOST_PUBLIC_HOST as string,
       url: raw.ROOST_BROKER_URL as string,
     },
-    http: { host: raw.ROOST_HOST as string, port: int('ROOST_HTTP_PORT') },
+    http: { host: raw.ROOST_HOST as string, port: int('ROOST_HTTP_PORT'), publicUrl: publicUrl(raw) },
     auth: {
       adminToken: raw.ROOST_ADMIN_TOKEN,
       serviceToken: raw.ROOST_SERVICE_TOKEN,
@@ -257,9 +264,17 @@ export function loadConfig (argv: readonly string[], env: Readonly<Record<string
     },
     rateLimit: { max: int('ROOST_RATE_LIMIT_MAX'), windowMs: int('ROOST_RATE_LIMIT_WINDOW_S') * 1000 },
     loginAddressFailures: int('ROOST_LOGIN_ADDRESS_FAILURES'),
+    trustProxy: raw.ROOST_TRUST_PROXY === 'true',
     corsOrigins: (raw.ROOST_CORS_ORIGINS ?? '').split(',').map(o => o.trim()).filter(o => o !== ''),
   }
   return deepFreeze(config)
+}
+
+/** ROOST_PUBLIC_URL without a trailing slash, or the default made of the public host and the HTTP port. */
+function publicUrl (raw: Raw): string {
+  if (raw.ROOST_PUBLIC_URL !== undefined) return raw.ROOST_PUBLIC_URL.replace(/\/+$/, '')
+  const host = raw.ROOST_PUBLIC_HOST as string
+  return `http://${host.includes(':') ? `[${host}]` : host}:${raw.ROOST_HTTP_PORT as string}`
 }
 
 function nonEmpty (v: string | undefined): string | undefined {

@@ -10,6 +10,7 @@ import { COMMAND_STATUSES } from './db/commands.ts'
 import { DELIVERY_STATUSES } from './db/webhooks.ts'
 import { API_KEY_SCOPES } from './db/accounts.ts'
 import { FIRMWARE_HARDWARE_PATTERN, FIRMWARE_NOTES_MAX, FIRMWARE_VERSION_MAX } from './firmware.ts'
+import { VOICE_INSTRUCTIONS_MAX } from './voice.ts'
 
 export const DeviceId = Type.String({ pattern: DEVICE_ID_PATTERN, description: 'letters, digits, _ and -, 1–64 characters', examples: ['kitchen-1'] })
 export const EpochMs = Type.Integer({ minimum: 0, description: 'epoch milliseconds' })
@@ -312,6 +313,47 @@ export const Provisioned = Type.Object({
   claimCodeExpiresAt: Type.Integer(),
   mqtt: MqttLogin,
 })
+
+// ---- voice ----
+
+export const VoiceSettingsBody = Type.Object({
+  instructions: Type.Optional(Type.String({ minLength: 1, maxLength: VOICE_INSTRUCTIONS_MAX, description: 'the persona: what the assistant is and how it speaks (Realtime instructions)' })),
+  voice: Type.Optional(Type.String({ pattern: '^[a-z0-9_-]{1,32}$', description: 'a Realtime voice, e.g. marin, cedar, alloy' })),
+  language: Type.Optional(Type.Union([Type.String({ pattern: '^[a-z]{2}$', description: 'ISO-639-1 code of what the user speaks' }), Type.Null()])),
+  mode: Type.Optional(Type.Union([Type.Literal('vad'), Type.Literal('ptt')], { description: 'vad: the server hears when the user stops; ptt: push-to-talk' })),
+  dailyMinutes: Type.Optional(Type.Integer({ minimum: 0, maximum: 1440, description: 'minutes of audio (heard plus spoken) a UTC day; 0 turns voice off' })),
+}, { additionalProperties: false, description: 'PUT replaces the settings: an omitted field takes its default' })
+export const VoiceSettingsView = Type.Object({
+  deviceId: DeviceId,
+  instructions: Type.String(),
+  voice: Type.String(),
+  language: Type.Union([Type.String(), Type.Null()]),
+  mode: Type.Union([Type.Literal('vad'), Type.Literal('ptt')]),
+  dailyMinutes: Type.Integer(),
+  updatedAt: Type.Union([EpochMs, Type.Null()], { description: 'null: never set, these are the defaults' }),
+  today: Type.Object({
+    usedMs: Type.Integer({ description: 'audio heard plus spoken today (UTC), as recorded so far' }),
+    remainingMs: Type.Integer(),
+    resetAt: EpochMs,
+  }),
+})
+export const ConversationQuery = Type.Object({
+  limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 20 })),
+  before: Type.Optional(Type.Integer({ minimum: 0, description: 'page: conversations that started before this epoch ms (the previous page\'s `next`)' })),
+})
+export const Conversation = Type.Object({
+  id: Type.String({ description: 'the session id the device got in its hello' }),
+  model: Type.String(),
+  startedAt: EpochMs,
+  endedAt: Type.Union([EpochMs, Type.Null()]),
+  endReason: Type.Union([Type.String(), Type.Null()]),
+  audioMs: Type.Integer(),
+  responses: Type.Integer(),
+  inputTokens: Type.Integer(),
+  outputTokens: Type.Integer(),
+  transcript: Type.Array(Type.Object({ role: Type.Union([Type.Literal('user'), Type.Literal('assistant')]), text: Type.String(), at: EpochMs })),
+})
+export const ConversationList = Type.Object({ items: Type.Array(Conversation), next: Type.Optional(Type.Integer()) })
 
 export function errorResponses (codes: readonly ErrorCode[]): Record<number, TSchema> {
   const byStatus = new Map<number, ErrorCode[]>()

@@ -116,6 +116,9 @@ function badHello (detail: string): ParsedControl {
   return { ok: false, code: 'VOICE_BAD_HELLO', detail }
 }
 
+// a persona is a few paragraphs; this bounds what every session.update carries
+export const VOICE_INSTRUCTIONS_MAX = 8000
+
 /** A device's voice settings (`GET|PUT /v1/devices/{id}/voice`); the bridge reads them at each hello. */
 export interface VoiceSettings {
   readonly instructions: string

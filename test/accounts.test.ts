@@ -270,7 +270,7 @@ describe('limits and headers', () => {
   let r: TestRoost
   let plain: TestRoost
   beforeAll(async () => {
-    r = await startRoost({ env: { ROOST_RATE_LIMIT_MAX: '5', ROOST_LOGIN_ADDRESS_FAILURES: '1000', ROOST_CORS_ORIGINS: 'https://app.example.com' } })
+    r = await startRoost({ env: { ROOST_RATE_LIMIT_MAX: '5', ROOST_LOGIN_ADDRESS_FAILURES: '1000', ROOST_CORS_ORIGINS: 'https://app.example.com', ROOST_TRUST_PROXY: 'true' } })
     plain = await startRoost()
   })
   afterAll(async () => { await r?.close(); await plain?.close() })
@@ -303,7 +303,10 @@ describe('limits and headers', () => {
     expect(pre.headers.get('access-control-allow-origin')).toBe('https://app.example.com')
     const other = await fetch(r.httpUrl + '/health', { headers: { origin: 'https://evil.example.com' } })
     expect(other.headers.get('access-control-allow-origin')).toBeNull()
-    const https = await fetch(plain.httpUrl + '/health', { headers: { 'x-forwarded-proto': 'https' } })
-    expect(https.headers.get('strict-transport-security')).toBeNull() // a forwarded header is not trusted without a proxy setting
+    const forged = await fetch(plain.httpUrl + '/health', { headers: { 'x-forwarded-proto': 'https' } })
+    expect(forged.headers.get('strict-transport-security')).toBeNull() // not trusted without ROOST_TRUST_PROXY
+    // behind a TLS-terminating proxy (ROOST_TRUST_PROXY=true) the API is served over TLS: HSTS
+    const proxied = await fetch(r.httpUrl + '/health', { headers: { 'x-forwarded-proto': 'https' } })
+    expect(proxied.headers.get('strict-transport-security')).toBe('max-age=31536000; includeSubDomains')
   })
 })

@@ -55,7 +55,7 @@ describe('defaults', () => {
         publicHost: 'localhost',
         url: 'mqtt://127.0.0.1:1883',
       },
-      http: { host: '0.0.0.0', port: 8080 },
+      http: { host: '0.0.0.0', port: 8080, publicUrl: 'http://localhost:8080' },
       auth: { adminToken: undefined, serviceToken: undefined, fleetSecret: undefined, urlSecret: undefined, sessionSecret: undefined },
       openai: { apiKey: undefined, baseUrl: 'https://api.openai.com/v1', realtimeModel: 'gpt-realtime' },
       voice: { idleMs: 1_800_000 },
@@ -68,6 +68,7 @@ describe('defaults', () => {
       rateLimit: { max: 100, windowMs: 60_000 },
       loginAddressFailures: 20,
       corsOrigins: [],
+      trustProxy: false,
     } satisfies Config)
   })
 
@@ -113,8 +114,8 @@ describe('precedence', () => {
     // a valid sample value per kind of setting, read back through the config to see it arrived
     for (const s of SETTINGS) {
       const sample: Record<string, string> = {
-        ROOST_LOG_LEVEL: 'warn', DATABASE_URL: 'postgres://h/db', REDIS_URL: 'redis://h:6379', ROOST_ANONYMOUS: 'true', ROOST_SIGNUP: 'true',
-        ROOST_TLS_CERT: certFile, ROOST_TLS_KEY: keyFile, ROOST_BROKER_URL: 'mqtt://h:1884', OPENAI_BASE_URL: 'http://h/v1',
+        ROOST_LOG_LEVEL: 'warn', DATABASE_URL: 'postgres://h/db', REDIS_URL: 'redis://h:6379', ROOST_ANONYMOUS: 'true', ROOST_SIGNUP: 'true', ROOST_TRUST_PROXY: 'true',
+        ROOST_TLS_CERT: certFile, ROOST_TLS_KEY: keyFile, ROOST_BROKER_URL: 'mqtt://h:1884', OPENAI_BASE_URL: 'http://h/v1', ROOST_PUBLIC_URL: 'https://h/roost',
       }
       const value = sample[s.env] ?? (s.kind === 'port' || s.kind === 'int' ? '4321' : 'sample-' + s.env.toLowerCase())
       // the TLS pair must come together

@@ -118,7 +118,7 @@ function dbContract (name: string, startBackend: () => Promise<Backend>, skipRea
           const first = await fresh.open()
           const tables = await first.query<{ table_name: string }>(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name")
-          expect(tables.map(t => t.table_name)).toEqual(['api_keys', 'claim_codes', 'commands', 'device_state', 'devices', 'firmware', 'provision_nonces', 'telemetry', 'telemetry_hourly', 'telemetry_latest', 'user_sessions', 'users', 'webhook_deliveries', 'webhooks'])
+          expect(tables.map(t => t.table_name)).toEqual(['api_keys', 'claim_codes', 'commands', 'device_firmware', 'device_state', 'devices', 'firmware', 'provision_nonces', 'rollout_devices', 'rollouts', 'telemetry', 'telemetry_hourly', 'telemetry_latest', 'user_sessions', 'users', 'voice_conversations', 'voice_sessions', 'voice_settings', 'voice_transcripts', 'voice_usage', 'webhook_deliveries', 'webhooks'])
           const indexes = await first.query<{ indexname: string }>("SELECT indexname FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname")
           expect(indexes.map(i => i.indexname)).toEqual(expect.arrayContaining([
             'devices_owner_idx', 'devices_pkey', 'devices_token_hash_idx', 'telemetry_device_key_ts_idx', 'telemetry_latest_device_id_key_pk',

@@ -7,6 +7,8 @@ import { deviceToPlatform, platformToDevice } from './direction.ts'
 import { stateProblem } from '../../schemas/state.ts'
 import type { Database } from '../../db/open.ts'
 import { mergeReported } from '../../db/state.ts'
+import { recordFirmware } from '../../db/rollouts.ts'
+import { reportedFirmware } from '../../schemas/rollouts.ts'
 
 export interface StateDeps {
   readonly db: Database
@@ -32,6 +34,9 @@ export function stateRules (deps: StateDeps): { readonly 'state/reported': Famil
           try {
             const result = await mergeReported(deps.db, deviceId, patch as Record<string, unknown>, deps.now())
             if (!result.ok) refusal = { code: 'PAYLOAD_INVALID', detail: result.reason === 'invalid' ? result.detail : 'version' }
+            // `hardware` and `firmware` in reported state are what OTA rollouts target devices by (schemas/rollouts.ts)
+            const firmware = result.ok && ('hardware' in (patch as object) || 'firmware' in (patch as object)) ? reportedFirmware(result.row.reported) : undefined
+            if (firmware !== undefined) await recordFirmware(deps.db, deviceId, firmware, deps.now())
           } catch (err) {
             // not acknowledged: the connection is closed and the device sends the report again
             deps.log.warn({ err, deviceId }, 'reported state not stored; closing the connection so the device resends')
