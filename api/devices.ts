@@ -22,7 +22,7 @@ function generatedId (): string {
 }
 
 export function deviceView (row: DeviceRow, online: boolean): DeviceView {
-  return { id: row.id, name: row.name, ownerId: row.ownerId, online, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt }
+  return { id: row.id, name: row.name, ownerId: row.ownerId, tags: row.tags, online, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt }
 }
 
 export const deviceRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => async app => {
@@ -42,7 +42,7 @@ export const deviceRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asyn
     // a generated id may collide; try a few before giving up
     for (let attempt = 0; attempt < 5; attempt++) {
       const id = explicit ?? generatedId()
-      const created = await createDevice(db, { id, name: request.body.name, ownerId: request.body.ownerId }, now())
+      const created = await createDevice(db, { id, name: request.body.name, ownerId: request.body.ownerId, tags: request.body.tags }, now())
       if (created !== undefined) {
         await broker.deviceChanged(id, 'changed') // forget a cached "no such device"
         request.log.info({ deviceId: id }, 'device created')
@@ -86,7 +86,7 @@ export const deviceRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asyn
   app.patch('/v1/devices/:id', {
     config: { auth: 'owner' },
     schema: {
-      summary: 'Change a device\'s name (its owner too), or its owner (the admin only: assigning, or null to release it)',
+      summary: 'Change a device\'s name or tags (its owner too), or its owner (the admin only: assigning, or null to release it)',
       tags: ['devices'],
       params: DeviceParams,
       body: DevicePatch,

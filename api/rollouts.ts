@@ -87,7 +87,6 @@ export const rolloutRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asy
     },
   }, async (request, reply) => {
     const { firmwareId, target, stages, failureThreshold = 0 } = request.body
-    if (target.tags !== undefined && target.tags.length > 0) throw new RoostError('VALIDATION_FAILED', { detail: 'target.tags: devices have no tags yet; target them by deviceIds' })
     const problem = stagesProblem(stages)
     if (problem !== undefined) throw new RoostError('VALIDATION_FAILED', { detail: problem })
     const bad = target.fromVersions?.find(v => !isSemver(v))
@@ -96,15 +95,15 @@ export const rolloutRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asy
     if (image === undefined) throw new RoostError('FIRMWARE_NOT_FOUND', { id: firmwareId })
     if (image.hardware !== target.hardware) throw new RoostError('ROLLOUT_HARDWARE_MISMATCH', { id: firmwareId, firmware: image.hardware, target: target.hardware })
 
-    const picked = await pickDevices(db, { hardware: target.hardware, version: image.version, fromVersions: target.fromVersions, deviceIds: target.deviceIds })
+    const picked = await pickDevices(db, { hardware: target.hardware, version: image.version, fromVersions: target.fromVersions, deviceIds: target.deviceIds, tags: target.tags })
     const placed = assignStages(stages, picked.length).flatMap((stage, i) => stage < 0 ? [] : [{ ...picked[i] as typeof picked[number], stage }])
     if (placed.length === 0) {
       const from = target.fromVersions === undefined ? `a known version other than ${image.version}` : `version ${target.fromVersions.join(' or ')}`
-      throw new RoostError('ROLLOUT_NO_DEVICES', { detail: `hardware "${target.hardware}" running ${from}${target.deviceIds === undefined ? '' : ', among the listed devices'}, and in no other unfinished rollout` })
+      const tagged = target.tags === undefined || target.tags.length === 0 ? '' : `, tagged ${target.tags.join(' and ')}`
+      throw new RoostError('ROLLOUT_NO_DEVICES', { detail: `hardware "${target.hardware}" running ${from}${target.deviceIds === undefined ? '' : ', among the listed devices'}${tagged}, and in no other unfinished rollout` })
     }
-    const { tags: _tags, ...kept } = target
     const row = await createRollout(db, {
-      id: newId('ro_'), firmwareId, version: image.version, hardware: image.hardware, target: kept, stages, failureThreshold,
+      id: newId('ro_'), firmwareId, version: image.version, hardware: image.hardware, target, stages, failureThreshold,
     }, placed, now())
     request.log.info({ rolloutId: row.id, firmwareId, devices: placed.length, stages: stages.length }, 'rollout created')
     return await reply.status(201).send(await viewOf(row))

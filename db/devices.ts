@@ -24,7 +24,7 @@ export function tokenMatches (presented: string | Buffer, storedHash: string): b
   return a.length === b.length && timingSafeEqual(a, b)
 }
 
-export interface NewDevice { readonly id: string, readonly name?: string | null, readonly ownerId?: string | null }
+export interface NewDevice { readonly id: string, readonly name?: string | null, readonly ownerId?: string | null, readonly tags?: string[] }
 
 /** Creates a device; returns its row and the token, which is never stored or shown again. Undefined if the id exists. */
 export async function createDevice (db: Database, input: NewDevice, now: number): Promise<{ row: DeviceRow, token: string } | undefined> {
@@ -33,6 +33,7 @@ export async function createDevice (db: Database, input: NewDevice, now: number)
     id: input.id,
     name: input.name ?? null,
     ownerId: input.ownerId ?? null,
+    tags: input.tags ?? [],
     tokenHash: hashToken(token),
     createdAt: now,
     updatedAt: now,
@@ -57,7 +58,7 @@ export async function allDevices (db: Database): Promise<Array<{ id: string, las
   return await db.orm.select({ id: devices.id, lastSeen: devices.lastSeen, tokenHash: devices.tokenHash, ownerId: devices.ownerId }).from(devices)
 }
 
-export async function updateDevice (db: Database, id: string, patch: { name?: string | null, ownerId?: string | null }, now: number): Promise<DeviceRow | undefined> {
+export async function updateDevice (db: Database, id: string, patch: { name?: string | null, ownerId?: string | null, tags?: string[] }, now: number): Promise<DeviceRow | undefined> {
   const rows = await db.orm.update(devices).set({ ...patch, updatedAt: now }).where(eq(devices.id, id)).returning()
   return rows[0]
 }

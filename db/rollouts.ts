@@ -1,7 +1,8 @@
 // Rollout records: picking target devices, stage bookkeeping and every state change of a rollout (each in
 // one transaction holding the rollout's row lock), devices' status reports, and what firmware devices run.
 
-import { and, asc, desc, eq, inArray, isNotNull, lte, ne, notExists, notInArray, sql } from 'drizzle-orm'
+import { and, asc, desc, eq, exists, inArray, isNotNull, lte, ne, notExists, notInArray, sql } from 'drizzle-orm'
+import { devices } from '../schemas/db/devices.ts'
 import { firmware } from '../schemas/db/firmware.ts'
 import {
   deviceFirmware, rolloutDevices, rollouts, UNFINISHED_ROLLOUT_STATES,
@@ -28,6 +29,7 @@ export interface TargetQuery {
   readonly version: string // the rollout's version: devices already on it are not picked
   readonly fromVersions?: readonly string[] | undefined
   readonly deviceIds?: readonly string[] | undefined
+  readonly tags?: readonly string[] | undefined // a device must carry every one
 }
 
 /**
@@ -45,6 +47,7 @@ export async function pickDevices (db: Database, q: TargetQuery): Promise<Array<
     ne(deviceFirmware.version, q.version),
     q.fromVersions === undefined ? undefined : inArray(deviceFirmware.version, [...q.fromVersions]),
     q.deviceIds === undefined ? undefined : inArray(deviceFirmware.deviceId, [...q.deviceIds]),
+    q.tags === undefined || q.tags.length === 0 ? undefined : exists(db.orm.select({ one: sql`1` }).from(devices).where(and(eq(devices.id, deviceFirmware.deviceId), sql`${devices.tags} @> ${JSON.stringify(q.tags)}::jsonb`))),
     notExists(busy),
   ))
   return rows.map(r => ({ deviceId: r.deviceId, version: r.version as string })).sort((a, b) => byId(a.deviceId, b.deviceId))

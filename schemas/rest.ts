@@ -21,6 +21,7 @@ export const Device = Type.Object({
   id: DeviceId,
   name: Type.Union([Type.String(), Type.Null()]),
   ownerId: Type.Union([Type.String(), Type.Null()]),
+  tags: Type.Array(Type.String()),
   online: Type.Boolean({ description: 'an MQTT session is open now' }),
   lastSeen: Type.Union([EpochMs, Type.Null()], { description: 'last connect, message or disconnect; written every few seconds' }),
   createdAt: EpochMs,
@@ -28,8 +29,12 @@ export const Device = Type.Object({
 })
 export type DeviceView = Static<typeof Device>
 
+// labels rollouts can target (`target.tags`: a device must carry every one)
+export const DeviceTags = Type.Array(Type.String({ pattern: '^[A-Za-z0-9_.:-]{1,64}$' }), { maxItems: 32, uniqueItems: true })
+
 export const DeviceCreate = Type.Object({
   id: Type.Optional(DeviceId),
+  tags: Type.Optional(DeviceTags),
   name: Type.Optional(Type.String({ maxLength: 200 })),
   ownerId: Type.Optional(Type.String({ maxLength: 200 })),
 }, { additionalProperties: false })
@@ -53,6 +58,7 @@ export const DeviceToken = Type.Object({
 
 export const DevicePatch = Type.Object({
   name: Type.Optional(Type.Union([Type.String({ maxLength: 200 }), Type.Null()])),
+  tags: Type.Optional(DeviceTags),
   ownerId: Type.Optional(Type.Union([Type.String({ maxLength: 200 }), Type.Null()])),
 }, { additionalProperties: false, minProperties: 1 })
 

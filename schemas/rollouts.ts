@@ -176,7 +176,7 @@ export const RolloutCreate = Type.Object({
     hardware: Type.String({ ...Hardware, description: 'must be the firmware\'s hardware; devices are matched by the hardware they reported' }),
     fromVersions: Type.Optional(Type.Array(Version, { minItems: 1, maxItems: 100, description: 'only devices running one of these versions (default: any version but the target\'s)' })),
     deviceIds: Type.Optional(Type.Array(Type.String({ pattern: DEVICE_ID_PATTERN }), { minItems: 1, maxItems: 10_000, description: 'only these devices (still only those with matching hardware and a known version)' })),
-    tags: Type.Optional(Type.Array(Type.String(), { description: 'not supported yet: devices have no tags. A non-empty list is refused' })),
+    tags: Type.Optional(Type.Array(Type.String({ pattern: '^[A-Za-z0-9_.:-]{1,64}$' }), { maxItems: 32, description: 'devices carrying every one of these tags (set with POST/PATCH /v1/devices)' })),
   }, { additionalProperties: false }),
   stages: Type.Array(StageSpecSchema, { minItems: 1, maxItems: ROLLOUT_STAGES_MAX, description: 'filled in order from the targeted devices sorted by id' }),
   failureThreshold: Type.Optional(Type.Integer({ minimum: 0, default: 0, description: 'failed devices a stage may have and still pass; one more pauses the rollout' })),

@@ -139,6 +139,7 @@ describe('who may use which route (route × role)', () => {
   const USER: Want = [403, 'USER_REQUIRED']
   const SCOPE: Want = [403, 'SCOPE_REQUIRED']
   const SELF: Want = [403, 'DEVICE_CREDENTIAL_REQUIRED']
+  const TOKEN: Want = [403, 'DEVICE_TOKEN_REQUIRED']
   // one row per route acting on device mx-dev (owned by `owner`): what each role gets
   const MATRIX: Array<{ route: string, body?: unknown, want: Record<Role, Want> }> = [
     { route: 'POST /v1/devices', body: { id: 'mx-new' }, want: { admin: 'ok', owner: ADMIN, 'other user': ADMIN, 'key read': ADMIN, 'key read+write': ADMIN, 'key read+write+admin': ADMIN, device: ADMIN, none: NO } },
@@ -168,6 +169,12 @@ describe('who may use which route (route × role)', () => {
     { route: 'GET /v1/firmware', want: { admin: 'ok', owner: ADMIN, 'other user': ADMIN, 'key read': ADMIN, 'key read+write': ADMIN, 'key read+write+admin': ADMIN, device: ADMIN, none: NO } },
     { route: 'POST /v1/firmware', want: { admin: 'pass', owner: ADMIN, 'other user': ADMIN, 'key read': ADMIN, 'key read+write': ADMIN, 'key read+write+admin': ADMIN, device: ADMIN, none: NO } },
     { route: 'POST /v1/webhooks', body: { url: 'http://127.0.0.1:9/hook', events: ['presence'] }, want: { admin: 'ok', owner: ADMIN, 'other user': ADMIN, 'key read': ADMIN, 'key read+write': ADMIN, 'key read+write+admin': ADMIN, device: ADMIN, none: NO } },
+    { route: 'GET /v1/devices/mx-dev/voice', want: { admin: 'ok', owner: 'ok', 'other user': HIDDEN, 'key read': 'ok', 'key read+write': 'ok', 'key read+write+admin': 'ok', device: 'ok', none: NO } },
+    { route: 'PUT /v1/devices/mx-dev/voice', body: {}, want: { admin: 'ok', owner: 'ok', 'other user': HIDDEN, 'key read': SCOPE, 'key read+write': 'ok', 'key read+write+admin': 'ok', device: USER, none: NO } },
+    { route: 'GET /v1/devices/mx-dev/conversations', want: { admin: 'ok', owner: 'ok', 'other user': HIDDEN, 'key read': 'ok', 'key read+write': 'ok', 'key read+write+admin': 'ok', device: 'ok', none: NO } },
+    { route: 'GET /v1/rollouts', want: { admin: 'ok', owner: ADMIN, 'other user': ADMIN, 'key read': ADMIN, 'key read+write': ADMIN, 'key read+write+admin': ADMIN, device: ADMIN, none: NO } },
+    { route: 'GET /v1/ota/check?hardware=esp32&version=1.0.0', want: { admin: TOKEN, owner: TOKEN, 'other user': TOKEN, 'key read': TOKEN, 'key read+write': TOKEN, 'key read+write+admin': TOKEN, device: 'ok', none: NO } },
+    { route: 'GET /v1/firmware/signing-key', want: { admin: 'ok', owner: 'ok', 'other user': 'ok', 'key read': 'ok', 'key read+write': 'ok', 'key read+write+admin': 'ok', device: 'ok', none: 'ok' } },
     { route: 'GET /metrics', want: { admin: 'ok', owner: ADMIN, 'other user': ADMIN, 'key read': ADMIN, 'key read+write': ADMIN, 'key read+write+admin': ADMIN, device: ADMIN, none: NO } },
   ]
   // DELETE's admin case would remove the device the other rows use; the admin's delete is in devices-api.test.ts

@@ -44,7 +44,7 @@ describe('creating a device', () => {
     const got = await roost.request('GET', '/v1/devices/porch-1')
     expect(got.body).toMatchObject({ id: 'porch-1', name: 'Porch', ownerId: 'user-7' })
     expect(JSON.stringify(got.body)).not.toContain(res.body.token)
-    expect(Object.keys(got.body).sort()).toEqual(['createdAt', 'id', 'lastSeen', 'name', 'online', 'ownerId', 'updatedAt'])
+    expect(Object.keys(got.body).sort()).toEqual(['createdAt', 'id', 'lastSeen', 'name', 'online', 'ownerId', 'tags', 'updatedAt'])
     const list = await roost.request('GET', '/v1/devices?limit=1000')
     expect(JSON.stringify(list.body)).not.toMatch(/token/i)
   })
@@ -151,7 +151,7 @@ describe('listing devices', () => {
   it('each listed device carries online and lastSeen', async () => {
     const res = await roost.request('GET', '/v1/devices?after=list-a&limit=1')
     expect(res.body.items).toEqual([{
-      id: 'list-b', name: null, ownerId: null, online: false, lastSeen: null, createdAt: expect.any(Number), updatedAt: expect.any(Number),
+      id: 'list-b', name: null, ownerId: null, tags: [], online: false, lastSeen: null, createdAt: expect.any(Number), updatedAt: expect.any(Number),
     }])
   })
 
@@ -213,6 +213,18 @@ describe('changing a device', () => {
     expect(res.body).toMatchObject({ id: 'patch-1', name: 'New', ownerId: 'owner-2', createdAt: before.createdAt })
     expect(res.body.updatedAt).toBeGreaterThanOrEqual(before.updatedAt)
     expect((await roost.request('GET', '/v1/devices/patch-1')).body).toEqual(res.body)
+  })
+
+  it('sets and replaces tags; tags with spaces, duplicates or too many are refused', async () => {
+    expect((await roost.request('GET', '/v1/devices/patch-1')).body.tags).toEqual([])
+    expect((await roost.request('PATCH', '/v1/devices/patch-1', { tags: ['kitchen', 'beta'] })).body.tags).toEqual(['kitchen', 'beta'])
+    expect((await roost.request('PATCH', '/v1/devices/patch-1', { tags: ['garage'] })).body.tags).toEqual(['garage'])
+    for (const tags of [['has space'], ['a', 'a'], Array.from({ length: 33 }, (_, i) => `t${i}`)]) {
+      expectError(await roost.request('PATCH', '/v1/devices/patch-1', { tags }), 400, 'VALIDATION_FAILED')
+    }
+    const made = await roost.request('POST', '/v1/devices', { id: 'tagged-1', tags: ['lab'] })
+    expect(made.status).toBe(201)
+    expect((await roost.request('GET', '/v1/devices/tagged-1')).body.tags).toEqual(['lab'])
   })
 
   it('patches only the fields given', async () => {

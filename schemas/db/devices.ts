@@ -1,6 +1,6 @@
 // The devices table: identity, hashed credential, ownership and last-seen time of every device.
 
-import { bigint, index, pgTable, text, uniqueIndex } from 'drizzle-orm/pg-core'
+import { bigint, index, jsonb, pgTable, text, uniqueIndex } from 'drizzle-orm/pg-core'
 
 export const devices = pgTable('devices', {
   // the device id is also its MQTT client id and username; see DEVICE_ID_PATTERN
@@ -15,6 +15,8 @@ export const devices = pgTable('devices', {
   // epoch ms of the last connect, message or disconnect; written in batches, so up to
   // ROOST_LAST_SEEN_FLUSH_MS behind what the broker knows
   lastSeen: bigint('last_seen', { mode: 'number' }),
+  // free labels ("kitchen", "beta") that rollouts can target
+  tags: jsonb('tags').$type<string[]>().notNull().default([]),
 }, t => [
   index('devices_owner_idx').on(t.ownerId),
   // a device token on REST names no device; this finds its device in one probe

@@ -22,11 +22,12 @@ export type RolloutDeviceState = typeof ROLLOUT_DEVICE_STATES[number]
 /** A stage as given at creation: a share of the targeted devices, or a number of them. */
 export type StageSpec = { readonly percent: number } | { readonly count: number }
 
-/** The target as given at creation (tags are refused: devices have no tags yet). */
+/** The target as given at creation. */
 export interface RolloutTarget {
   readonly hardware: string
   readonly fromVersions?: readonly string[]
   readonly deviceIds?: readonly string[]
+  readonly tags?: readonly string[]
 }
 
 export const rollouts = pgTable('rollouts', {

@@ -1,0 +1,1 @@
+ALTER TABLE "devices" ADD COLUMN "tags" jsonb DEFAULT '[]'::jsonb NOT NULL;
