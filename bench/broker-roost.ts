@@ -6,7 +6,7 @@ import { loadConfig } from '../schemas/config.ts'
 import { createLogger } from '../log.ts'
 import { resolveSecrets } from '../secrets.ts'
 import { startPlatform } from '../platform.ts'
-import { serveParent } from './process.ts'
+import { loopDelayMeter, serveParent } from './process.ts'
 import { collectGarbage, memorySample } from './memory.ts'
 import { roostParts } from './settings.ts'
 
@@ -14,6 +14,7 @@ import { roostParts } from './settings.ts'
 const config = resolveSecrets(loadConfig([], process.env)).config
 const log = createLogger(config.log.level)
 const platform = await startPlatform(config, log, roostParts(process.env))
+const loop = loopDelayMeter()
 
 serveParent({
   memory: async () => { await collectGarbage(); return memorySample() },
@@ -22,5 +23,8 @@ serveParent({
     const rows = await platform.db.query<{ n: number | string }>('SELECT count(*)::int8 AS n FROM telemetry')
     return Number(rows[0]?.n ?? 0)
   },
+  // how long work waited for Roost's event loop over a window (the voice benchmark's latency figures)
+  loopDelayStart: () => loop.start(),
+  loopDelay: () => loop.read(),
   stop: () => platform.close(),
 }, { port: platform.ports.mqtt, httpPort: platform.ports.http })

@@ -7,7 +7,7 @@ import { openDatabase } from '../db/open.ts'
 import { freshDataDir, testEnv } from '../test/harness.ts'
 import buildPgliteTemplate from '../test/global-setup.ts'
 import { startPostgres, type PostgresServer } from '../test/postgres.ts'
-import { cleanUpOnInterrupt, NodeChild, rssBytes } from './process.ts'
+import { cleanUpOnInterrupt, NodeChild, rssBytes, type LoopDelay } from './process.ts'
 import { seedDevices, type BenchDevice } from './devices.ts'
 import { startMosquitto } from './mosquitto.ts'
 import type { MemorySample } from './memory.ts'
@@ -39,6 +39,9 @@ export interface RoostUnderTest extends BrokerUnderTest {
   readonly adminToken: string
   /** Rows in the telemetry table, counted by the broker process (the one that holds the database). */
   telemetryRows (): Promise<number>
+  /** Roost's event-loop delay from loopDelayStart() to loopDelay(). */
+  loopDelayStart (): Promise<void>
+  loopDelay (): Promise<LoopDelay>
 }
 
 // Room above the connection count for the broker's own files (database, pipes, listeners).
@@ -123,6 +126,8 @@ export async function startRoostBroker (opts: NodeBrokerOptions & { db: 'pglite'
       adminToken: roostEnv.ROOST_ADMIN_TOKEN as string,
       memory: nodeMemory(child),
       telemetryRows: () => child.call<number>('telemetryRows'),
+      loopDelayStart: () => child.call<void>('loopDelayStart'),
+      loopDelay: () => child.call<LoopDelay>('loopDelay'),
       async stop () {
         await child.stop()
         await cleanup()

@@ -4,6 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { cpus } from 'node:os'
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 
 /** A request from the orchestrator to a child, and the child's answer. */
@@ -184,6 +185,26 @@ export function processCpuSeconds (pid: number): number {
   // fields after the parenthesised command name; utime and stime are the 14th and 15th of the whole line
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND
+}
+
+/** How late this process's event loop ran ready work (timers, sockets) over a window, in ms. */
+export interface LoopDelay { readonly p50: number, readonly p99: number, readonly max: number }
+
+// the sampling timer's period: stalls much shorter than this are not seen, and it costs ~100 wake-ups/s
+const LOOP_DELAY_RESOLUTION_MS = 10
+
+/** Measures this process's event-loop delay from start() to read() (off in between, so it costs nothing then). */
+export function loopDelayMeter (): { start (): void, read (): LoopDelay } {
+  const h = monitorEventLoopDelay({ resolution: LOOP_DELAY_RESOLUTION_MS })
+  // the histogram holds the sampling timer's whole period; its lateness is what is beyond the resolution
+  const ms = (ns: number): number => Math.max(0, Math.round(ns / 1e4 - LOOP_DELAY_RESOLUTION_MS * 100) / 100)
+  return {
+    start () { h.reset(); h.enable() },
+    read () {
+      h.disable()
+      return { p50: ms(h.percentile(50)), p99: ms(h.percentile(99)), max: ms(h.max) }
+    },
+  }
 }
 
 /** Resident set size of a process, from /proc (the same measure for Node brokers and Mosquitto). */

@@ -19,7 +19,7 @@ import { startFakeRealtime, type FakeRealtime } from '../test/fake-realtime.ts'
 import { parseSamples, type Sample } from '../test/prometheus.ts'
 import { profileArgs, startRoostBroker, type RoostUnderTest } from './brokers.ts'
 import { benchDeviceIds, type BenchDevice } from './devices.ts'
-import { NodeChild, processCpuSeconds, serveParent, sleep } from './process.ts'
+import { loopDelayMeter, NodeChild, processCpuSeconds, serveParent, sleep, type LoopDelay } from './process.ts'
 import type { BenchReport } from './report.ts'
 import type { Settings } from './settings.ts'
 
@@ -32,7 +32,6 @@ const FAKE_REPLY_DELAY_MS = 300
 const REPLY_MS = 3000
 // the fake's server VAD: the API's defaults, passed explicitly because the device side relies on them
 const VAD_SILENCE_MS = 500
-const VAD_PREFIX_MS = 300
 // the device: the contract's 40 ms frames of 16 kHz Opus
 const FRAME_MS = 40
 const UP_RATE = 16_000
@@ -44,7 +43,8 @@ const SPEECH_MS = 1200
 // The uplink frame that completes the VAD's silence window: the server can end the turn only once it has
 // it, so the device's "end of speech" is the moment it sent that frame (as test/voice-e2e.test.ts takes it).
 // Decoded speech runs a few ms into the first silent frame (Opus' look-ahead); up to 20 ms of such a tail
-// still ends the window inside silent frame 12 (480–520 ms). The fake's own events check this (tails below).
+// still ends the window inside silent frame 12 (480–520 ms). Each turn checks this: the bridge's `thinking`
+// (sent when speech_stopped reaches it) must come after that frame was sent, and normally before the next.
 const VAD_TAIL_ALLOWANCE_MS = 20
 const END_OF_TURN_FRAME = (LEAD_MS + SPEECH_MS) / FRAME_MS + Math.ceil((VAD_SILENCE_MS + VAD_TAIL_ALLOWANCE_MS) / FRAME_MS) - 1
 // devices with an even index interrupt every reply after hearing this much of it (uniformly at random)
@@ -78,6 +78,7 @@ interface InterruptSample {
 interface LoadResult {
   readonly seconds: number
   readonly firstReplyMs: readonly number[] // end of speech (see END_OF_TURN_FRAME) → first reply frame, per turn
+  readonly thinkingMs: readonly number[] // end of speech → the bridge's `state thinking` at the device, per turn
   readonly interrupts: readonly InterruptSample[]
   readonly turns: number // replies that began in the window
   readonly earlyReplies: number // replies that began before END_OF_TURN_FRAME was sent: the VAD ended the turn sooner than assumed
@@ -85,6 +86,7 @@ interface LoadResult {
   readonly framesUp: number
   readonly framesDown: number
   readonly loadCores: number
+  readonly loopDelay: LoopDelay
 }
 
 // ---- load side -----------------------------------------------------------------------------------
@@ -134,7 +136,7 @@ interface Recorder {
   stopping: boolean
   framesUp: number
   framesDown: number
-  replies: Array<{ at: number, ms: number }>
+  replies: Array<{ at: number, ms: number, thinkingMs: number | undefined }>
   early: number[]
   interrupts: Array<InterruptSample & { at: number }>
   failures: Array<{ at: number, what: string }>
@@ -239,8 +241,9 @@ class VoiceDevice {
     }
     const reply = this.reply as EpochLog
     const endOfSpeech = sentAt[END_OF_TURN_FRAME]
+    const thinking = this.states.find(s => s.state === 'thinking' && s.at >= t0)
     if (endOfSpeech === undefined) this.rec.early.push(reply.firstAt)
-    else this.rec.replies.push({ at: reply.firstAt, ms: reply.firstAt - endOfSpeech })
+    else this.rec.replies.push({ at: reply.firstAt, ms: reply.firstAt - endOfSpeech, thinkingMs: thinking === undefined ? undefined : thinking.at - endOfSpeech })
 
     // playback at real time from the first frame, reported every 200 ms
     const playedMs = (): number => Math.min(reply.endAt === undefined ? Infinity : reply.endMediaMs, performance.now() - reply.firstAt)
@@ -282,7 +285,7 @@ class VoiceDevice {
   }
 }
 
-let session: { devices: VoiceDevice[], rec: Recorder, talking: Array<Promise<void>>, cpu0: NodeJS.CpuUsage } | undefined
+let session: { devices: VoiceDevice[], rec: Recorder, talking: Array<Promise<void>>, cpu0: NodeJS.CpuUsage, loop: ReturnType<typeof loopDelayMeter> } | undefined
 
 async function open (spec: OpenSpec): Promise<{ devices: number }> {
   const questions = questionFrames()
@@ -295,7 +298,7 @@ async function open (spec: OpenSpec): Promise<{ devices: number }> {
     return new VoiceDevice(d.id, client, questions, rec, i % 2 === 0)
   }))
   await Promise.all(devices.map(d => d.hello()))
-  session = { devices, rec, talking: [], cpu0: process.cpuUsage() }
+  session = { devices, rec, talking: [], cpu0: process.cpuUsage(), loop: loopDelayMeter() }
   return { devices: devices.length }
 }
 
@@ -312,6 +315,7 @@ function mark (): void {
   rec.framesUp = 0
   rec.framesDown = 0
   session.cpu0 = process.cpuUsage()
+  session.loop.start()
 }
 
 async function finish (): Promise<LoadResult> {
@@ -319,6 +323,7 @@ async function finish (): Promise<LoadResult> {
   const { rec, cpu0 } = session
   rec.windowEnd = performance.now()
   const cpu = process.cpuUsage(cpu0)
+  const loopDelay = session.loop.read()
   const framesUp = rec.framesUp
   const framesDown = rec.framesDown
   // interrupts sent near the end of the window settle before they are read
@@ -333,6 +338,7 @@ async function finish (): Promise<LoadResult> {
   return {
     seconds,
     firstReplyMs: replies.map(r => r.ms),
+    thinkingMs: replies.flatMap(r => r.thinkingMs === undefined ? [] : [r.thinkingMs]),
     interrupts: rec.interrupts.filter(i => inWindow(i.at)).map(({ at: _at, ...sample }) => sample),
     turns: replies.length + early,
     earlyReplies: early,
@@ -340,6 +346,7 @@ async function finish (): Promise<LoadResult> {
     framesUp,
     framesDown,
     loadCores: Math.round((cpu.user + cpu.system) / 1e6 / seconds * 100) / 100,
+    loopDelay,
   }
 }
 
@@ -414,32 +421,17 @@ async function scrape (roost: RoostUnderTest): Promise<Sample[]> {
   return parseSamples(await res.text())
 }
 
-/** Pairs the fake's speech_started/speech_stopped: how far each turn's detected speech ran past the speech sent. */
-function vadTails (fake: FakeRealtime): { drain: () => void, tails: number[] } {
-  const starts = new Map<string, number>()
-  const tails: number[] = []
-  return {
-    tails,
-    drain () {
-      // the fake keeps every event it sent and got (each append's audio too): read what matters and let go
-      for (const e of fake.sent.splice(0)) {
-        if (e.type === 'input_audio_buffer.speech_started') starts.set(e.item_id, e.audio_start_ms)
-        else if (e.type === 'input_audio_buffer.speech_stopped') {
-          const s = starts.get(e.item_id)
-          starts.delete(e.item_id)
-          if (s !== undefined) tails.push(e.audio_end_ms - s - VAD_PREFIX_MS - SPEECH_MS - VAD_SILENCE_MS)
-        }
-      }
-      fake.received.splice(0)
-    },
-  }
+/** The fake keeps every event it sent and got, each append's audio too: a long run lets them go. */
+function forgetEvents (fake: FakeRealtime): void {
+  fake.sent.splice(0)
+  fake.received.splice(0)
 }
 
 interface Measured {
   readonly load: LoadResult
   readonly metrics: Readonly<Record<'uplink' | 'downlink' | 'firstReply' | 'interrupt', Histogram>>
-  readonly tails: readonly number[]
   readonly cores: { readonly roost: number, readonly load: number, readonly orchestratorAndFake: number }
+  readonly loopDelay: { readonly roost: LoopDelay, readonly load: LoopDelay, readonly orchestratorAndFake: LoopDelay }
   readonly loadavg: { readonly start: readonly number[], readonly end: readonly number[] }
 }
 
@@ -449,8 +441,8 @@ export async function voiceBenchmark (settings: Settings): Promise<BenchReport> 
   }
   const n = settings.voiceDevices
   const fake = await startFakeRealtime({ replyDelayMs: FAKE_REPLY_DELAY_MS, replyToneMs: REPLY_MS, vadSilenceMs: VAD_SILENCE_MS })
-  const vad = vadTails(fake)
-  const draining = setInterval(vad.drain, 500)
+  const draining = setInterval(() => forgetEvents(fake), 1000)
+  const ownLoop = loopDelayMeter()
   let roost: RoostUnderTest | undefined
   let load: NodeChild | undefined
   try {
@@ -464,8 +456,9 @@ export async function voiceBenchmark (settings: Settings): Promise<BenchReport> 
     const roostCpu0 = processCpuSeconds(roost.pid)
     const ownCpu0 = process.cpuUsage()
     const loadavgStart = loadavg()
+    await roost.loopDelayStart()
+    ownLoop.start()
     await load.call('mark')
-    vad.tails.length = 0
     const t0 = performance.now()
     await sleep(settings.voiceMeasureMs)
     const after = await scrape(roost)
@@ -473,8 +466,9 @@ export async function voiceBenchmark (settings: Settings): Promise<BenchReport> 
     const roostCores = (processCpuSeconds(roost.pid) - roostCpu0) / seconds
     const own = process.cpuUsage(ownCpu0)
     const loadavgEnd = loadavg()
+    const roostLoop = await roost.loopDelay()
+    const fakeLoop = ownLoop.read()
     const result = await load.call<LoadResult>('finish')
-    vad.drain()
     await load.call('close')
     const delta = (name: string, labels?: Record<string, string>): Histogram => minus(histogramOf(after, name, labels), histogramOf(before, name, labels))
     const measured: Measured = {
@@ -485,9 +479,9 @@ export async function voiceBenchmark (settings: Settings): Promise<BenchReport> 
         firstReply: delta(VOICE_METRICS.firstReply),
         interrupt: delta(VOICE_METRICS.interrupt, { trigger: 'device' }),
       },
-      tails: [...vad.tails],
       cores: { roost: round2(roostCores), load: result.loadCores, orchestratorAndFake: round2((own.user + own.system) / 1e6 / seconds) },
       loadavg: { start: loadavgStart.map(round2), end: loadavgEnd.map(round2) },
+      loopDelay: { roost: roostLoop, load: result.loopDelay, orchestratorAndFake: fakeLoop },
     }
     return report(settings, measured)
   } finally {
@@ -535,6 +529,9 @@ function report (settings: Settings, m: Measured): BenchReport {
   summary.firstReply = { turns: fr.length, p50Ms: f50, p95Ms: f95, p99Ms: f99, maxMs: fr.length === 0 ? undefined : Math.max(...fr), targetMs: TARGET_FIRST_REPLY_MS, targetMetAtP99: frMet(f99), targetMetAtP95: frMet(f95) }
   const bf = metrics.firstReply
   const [b50, b95, b99] = [0.5, 0.95, 0.99].map(q => histogramQuantileMs(bf, q))
+  const [t50, t95, t99] = [0.5, 0.95, 0.99].map(q => percentile(load.thinkingMs, q))
+  rows.push(['  end of speech → "thinking" at the device (turn end known)', 'device clock', String(load.thinkingMs.length), ms(t50), ms(t95), ms(t99), '–', '–'])
+  summary.endOfSpeechToThinking = { turns: load.thinkingMs.length, p50Ms: t50, p95Ms: t95, p99Ms: t99 }
   rows.push(['  of it in the bridge process: speech_stopped in → first frame out', '/metrics', String(bf.count), ms(b50), ms(b95), ms(b99), `(${FAKE_REPLY_DELAY_MS} ms is the fake's)`, '–'])
   summary.firstReplyBridge = { count: bf.count, p50Ms: b50, p95Ms: b95, p99Ms: b99 }
 
@@ -567,11 +564,17 @@ function report (settings: Settings, m: Measured): BenchReport {
     'Time a message waits in the socket or the event loop before that is not in them; it is in the device-clock figures')
   notes.push(`device-clock figures include everything: MQTT both ways, the broker, the bridge, the fake (its VAD and its ${FAKE_REPLY_DELAY_MS} ms). End of speech is when the device sent the uplink frame that completes the VAD's ${VAD_SILENCE_MS} ms silence window (silent frame 12 after the speech); ` +
     'the last old-epoch frame counts from the interrupt\'s publish (0 when none came after it)')
-  const tails = [...new Set(m.tails)].sort((a, b) => a - b)
-  const tailsOk = m.tails.every(t => t >= 0 && t <= VAD_TAIL_ALLOWANCE_MS)
-  notes.push(`VAD check (the fake's speech_started/stopped, ${m.tails.length} turns): detected speech ran ${tails.join(', ')} ms past the speech sent — ` +
-    (tailsOk ? `within the ${VAD_TAIL_ALLOWANCE_MS} ms the end-of-speech frame assumes` : `OUTSIDE the ${VAD_TAIL_ALLOWANCE_MS} ms the end-of-speech frame assumes: first-reply figures are off by a frame (40 ms) for those turns`) +
+  const th = load.thinkingMs
+  const early = th.filter(x => x < 0).length
+  const inFrame = th.filter(x => x >= 0 && x < FRAME_MS).length
+  notes.push(`end-of-speech check: the bridge's "thinking" (sent when the fake's speech_stopped reaches it) came after the assumed last frame in ${th.length - early} of ${th.length} turns, ` +
+    `within one frame time (${FRAME_MS} ms) of it in ${inFrame}` + (early > 0 ? `; in ${early} it came BEFORE that frame was sent, so their first-reply figures are too low by a frame or more` : '') +
     (load.earlyReplies > 0 ? `; ${load.earlyReplies} replies began before that frame was sent (not counted)` : ''))
+  const ld = m.loopDelay
+  const loopText = (l: LoopDelay): string => `p50 ${l.p50} / p99 ${l.p99} / max ${l.max} ms`
+  notes.push(`event-loop delay in the window (monitorEventLoopDelay, 10 ms resolution): Roost ${loopText(ld.roost)}; load process ${loopText(ld.load)}; orchestrator with the fake ${loopText(ld.orchestratorAndFake)} — ` +
+    'a message waiting for a busy loop is in the device-clock figures but not in the bridge\'s histograms')
+  summary.loopDelayMs = ld
   if (afterFlush > 0) notes.push(`${afterFlush} frames of an interrupted epoch arrived after its flush: the bridge must send none`)
   notes.push(`the fake answers ${REPLY_MS} ms of audio per reply, faster than real time; Roost runs on core ${settings.placement.broker ?? '(any)'}, the devices on core ${settings.placement.load ?? '(any)'}, the orchestrator and the fake float`)
 

@@ -529,7 +529,6 @@ export class VoiceSession {
     // (the empty END frame carries no audio and has no times)
     const t = this.frameTimes.get(payload)
     if (t !== undefined) metrics.downlinkFrame(t.queuedAt - t.arrivedAt + publishedAt - Math.max(t.queuedAt, releasedAt))
-    if (t !== undefined && t.queuedAt - t.arrivedAt + publishedAt - Math.max(t.queuedAt, releasedAt) > 3) console.error('DIAG', header.seq, (t.queuedAt - t.arrivedAt).toFixed(2), (publishedAt - Math.max(t.queuedAt, releasedAt)).toFixed(2), this.pacerCallAt !== undefined, (performance.now() - t.arrivedAt).toFixed(1))
     if (header.seq === 0 && this.turnEndedAt !== undefined) {
       metrics.firstReply(publishedAt - this.turnEndedAt)
       this.turnEndedAt = undefined
