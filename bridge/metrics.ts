@@ -31,7 +31,7 @@ export interface VoiceMetrics {
 
 const HELP = {
   uplinkFrame: 'bridge time per uplink frame: MQTT message at the bridge → its audio handed to the Realtime socket (input_audio_buffer.append); frames buffered before the upstream is ready, or muted while speaking, are not counted',
-  downlinkFrame: 'bridge time per downlink frame: Realtime message carrying the audio that completed the frame → frame handed to MQTT, minus the time the pacer deliberately held it (frames held by pacing count from the moment the pacer released them)',
+  downlinkFrame: 'bridge time per downlink frame: Realtime message carrying the audio that completed the frame → frame queued for pacing, plus the pacer releasing it → frame encoded and handed to MQTT (Opus/PCM16 frames are encoded on release); the time the pacer deliberately held it (pacing, or waiting a turn of the event loop behind the previous frame) is not counted',
   firstReply: 'end of speech as the bridge sees it (server VAD speech_stopped arriving, or push-to-talk listen stop) → first frame of the reply handed to MQTT; includes the upstream model\'s time to answer',
   interrupt: 'barge-in seen by the bridge (device interrupt message, or server speech_started with AEC) → flush event handed to MQTT',
 } as const

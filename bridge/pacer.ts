@@ -2,6 +2,11 @@
 // the device plays them, at most PACING_LEAD_MS ahead of what it has played (shared ARCHITECTURE.md, "Voice
 // audio"). A shallow lead is what makes barge-in instant: a flush throws away at most this much audio on the
 // device, and everything not yet sent is simply dropped here.
+//
+// A queued frame may be lazy: a function that produces its payload, called only when the frame is released.
+// The session queues a reply's PCM that way and Opus-encodes each frame as it goes out, so the encoding of a
+// reply that arrives much faster than real time is spread over its playback instead of blocking the event
+// loop in one burst (and what a flush drops was never encoded).
 
 import { FLAG, type CodecName, type FrameHeader } from './frame.ts'
 
@@ -29,9 +34,12 @@ export function waitBeforeSending (sentMs: number, playedMs: number, frameMs: nu
   return Math.max(0, sentMs + frameMs - leadMs - playedMs)
 }
 
+/** A frame's payload, or what makes it when the frame is released (called at most once, never after a flush). */
+export type PayloadSource = Uint8Array | (() => Uint8Array)
+
 interface Queued {
   flags: number // END is set on the last queued frame when the response ends
-  readonly payload: Uint8Array
+  readonly payload: PayloadSource
   readonly durationMs: number
 }
 
@@ -43,6 +51,10 @@ export interface PacerOptions {
   // the queue ran empty after end(): the whole response has been sent
   readonly onSent?: () => void
   readonly now?: () => number
+  // send at most one frame per turn of the event loop (the next due one follows in a setImmediate), so one
+  // device's burst (and its encoding) cannot hold up the others; a frame due when the pacer is idle still
+  // goes out at once, as does the first frame of an epoch
+  readonly yieldBetweenFrames?: boolean
 }
 
 export class DownlinkPacer {
@@ -56,6 +68,7 @@ export class DownlinkPacer {
   private anchor: PlayAnchor | undefined
   private ended = false // end() called for this epoch
   private timer: NodeJS.Timeout | undefined
+  private immediate: NodeJS.Immediate | undefined // the next due frame, after a yield
   private active = false // begin() called and not flushed
 
   constructor (opts: PacerOptions) {
@@ -77,8 +90,8 @@ export class DownlinkPacer {
     this.active = true
   }
 
-  /** Queues one encoded frame carrying `durationMs` of audio and sends what the lead allows. */
-  push (payload: Uint8Array, durationMs: number): void {
+  /** Queues one frame (encoded, or encoded on release) carrying `durationMs` of audio and sends what the lead allows. */
+  push (payload: PayloadSource, durationMs: number): void {
     if (!this.active || this.ended) return
     this.queue.push({ flags: 0, payload, durationMs })
     this.pump()
@@ -115,6 +128,8 @@ export class DownlinkPacer {
   flush (): void {
     if (this.timer !== undefined) clearTimeout(this.timer)
     this.timer = undefined
+    if (this.immediate !== undefined) clearImmediate(this.immediate)
+    this.immediate = undefined
     this.queue = []
     this.seq = 0
     this.sent = 0
@@ -124,6 +139,8 @@ export class DownlinkPacer {
   }
 
   private pump (): void {
+    // a yield is pending: its turn looks again at what is due (a report or a push changes nothing before it)
+    if (this.immediate !== undefined) return
     if (this.timer !== undefined) { clearTimeout(this.timer); this.timer = undefined }
     for (;;) {
       const next = this.queue[0]
@@ -137,6 +154,11 @@ export class DownlinkPacer {
       this.queue.shift()
       this.emit(next)
       if (this.queue.length === 0 && this.ended) { this.opts.onSent?.(); return }
+      // the next frame, even one pushed before this turn ends, waits for the next turn of the event loop
+      if (this.opts.yieldBetweenFrames === true) {
+        this.immediate = setImmediate(() => { this.immediate = undefined; this.pump() })
+        return
+      }
     }
   }
 
@@ -145,8 +167,9 @@ export class DownlinkPacer {
     if (this.seq === 0 && this.anchor === undefined) this.anchor = { playedMs: 0, at: this.now() }
     const flags = frame.flags | (this.seq === 0 ? FLAG.START | FLAG.MARK : 0)
     const header: FrameHeader = { codec: this.opts.codec, flags, epoch: this.epoch, seq: this.seq, mediaMs: Math.round(this.sent) }
+    const payload = typeof frame.payload === 'function' ? frame.payload() : frame.payload
     this.seq++
     this.sent += frame.durationMs
-    this.opts.send(header, frame.payload)
+    this.opts.send(header, payload)
   }
 }

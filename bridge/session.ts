@@ -5,11 +5,11 @@
 
 import type { Logger } from 'pino'
 import type { RealtimeServerEvent, RealtimeResponseUsage } from 'openai/resources/realtime/realtime'
-import { openCodec, REALTIME_RATE, samplesFor, type AudioCodec, type FrameMs } from './codec.ts'
+import { openCodec, REALTIME_RATE, samplesFor, type AudioCodec, type FrameMs, type TranscodingCodec } from './codec.ts'
 import { epochNewer, nextEpoch, packFrame, parseFrame, type CodecName, type FrameHeader } from './frame.ts'
 import { UplinkReceiver } from './jitter.ts'
 import type { InterruptTrigger, VoiceMetrics } from './metrics.ts'
-import { DownlinkPacer } from './pacer.ts'
+import { DownlinkPacer, type PayloadSource } from './pacer.ts'
 import { RealtimeClient, RealtimeConnectError, type RealtimeOptions, type SessionOptions } from './realtime.ts'
 import { errorMessage, type ErrorCode } from '../schemas/errors.ts'
 import type { BridgeEvent, DeviceControl, HelloMessage, ListenMode, VoiceSettings, VoiceState } from '../schemas/voice.ts'
@@ -73,7 +73,7 @@ interface Reply {
   interrupted: boolean
   epoch: number | undefined // set when its downlink stream begins
   generatedMs: number
-  pending: Int16Array // transcoding codecs: samples short of a whole frame
+  pending: Int16Array // transcoding codecs: the frame being filled (a fresh array each frame: queued frames keep theirs)
   pendingFill: number
   pendingBytes: Buffer[] // µ-law: bytes short of a whole frame
   pendingByteCount: number
@@ -123,9 +123,10 @@ export class VoiceSession {
   private lastActivity: number
   private idleTimer: NodeJS.Timeout | undefined
   private limitSent = false
-  // latency metrics: per queued frame payload its times; when the current synchronous call into the pacer
-  // began, or else when the pacer's own timer began sending; when the user's last turn ended
-  private readonly frameTimes = new WeakMap<Uint8Array, FrameTimes>()
+  // latency metrics: per queued frame (its payload, or the function that encodes it on release) its times;
+  // when the current synchronous call into the pacer began, or else when the pacer's own timer (or a turn
+  // after a yield) began sending; when the user's last turn ended
+  private readonly frameTimes = new WeakMap<object, FrameTimes>()
   private pacerCallAt: number | undefined
   private timerRunAt: number | undefined
   private turnEndedAt: number | undefined
@@ -150,6 +151,8 @@ export class VoiceSession {
       now: this.now,
       send: (header, payload) => this.sendFrame(header, payload),
       onSent: () => this.onAllSent(),
+      // frames are encoded as they go out: a burst of due frames is spread over turns of the event loop
+      yieldBetweenFrames: true,
     })
   }
 
@@ -439,6 +442,8 @@ export class VoiceSession {
     return r !== undefined && r.id === responseId && !r.interrupted ? r : undefined
   }
 
+  // Reply audio arrives much faster than real time. Its PCM is cut into frames and queued as is; each frame
+  // is encoded only when the pacer releases it (encodeOnRelease), so the encoding follows playback.
   private onAudio (responseId: string, itemId: string, pcm: Int16Array, bytes: Buffer): void {
     if (this.ended) return
     const r = this.replyOf(responseId)
@@ -464,15 +469,16 @@ export class VoiceSession {
       return
     }
     r.generatedMs += (pcm.length * 1000) / REALTIME_RATE
-    const frame = r.pending
     let at = 0
     while (at < pcm.length) {
+      const frame = r.pending
       const n = Math.min(frame.length - r.pendingFill, pcm.length - at)
       frame.set(pcm.subarray(at, at + n), r.pendingFill)
       r.pendingFill += n
       at += n
       if (r.pendingFill === frame.length) {
-        this.queueFrame(this.codec.encode(frame), this.frameMs, arrivedAt)
+        this.queueFrame(this.encodeOnRelease(this.codec, frame), this.frameMs, arrivedAt)
+        r.pending = new Int16Array(frame.length)
         r.pendingFill = 0
       }
     }
@@ -500,7 +506,7 @@ export class VoiceSession {
       r.pendingBytes = []
       r.pendingByteCount = 0
     } else if (r.pendingFill > 0) {
-      this.queueFrame(this.codec.encode(r.pending.subarray(0, r.pendingFill)), (r.pendingFill * 1000) / REALTIME_RATE, this.upstreamAt())
+      this.queueFrame(this.encodeOnRelease(this.codec, r.pending.subarray(0, r.pendingFill)), (r.pendingFill * 1000) / REALTIME_RATE, this.upstreamAt())
       r.pendingFill = 0
     }
     this.pacer.end()
@@ -508,8 +514,28 @@ export class VoiceSession {
 
   // ---- downlink ----
 
-  /** Hands one encoded frame to the pacer; `arrivedAt`: when the upstream message that completed it came. */
-  private queueFrame (payload: Uint8Array, durationMs: number, arrivedAt: number): void {
+  /**
+   * The payload of a frame of `pcm` (transcoding codecs), made when the pacer releases the frame: the codec
+   * runs then, not when the audio arrives. A flushed frame is never encoded. The frame's metric times move
+   * to the encoded payload, which is what sendFrame sees.
+   */
+  private encodeOnRelease (codec: TranscodingCodec, pcm: Int16Array): () => Uint8Array {
+    const source = (): Uint8Array => {
+      const times = this.frameTimes.get(source)
+      // the frame's release is before its encoding: the encoding is the bridge's time, not pacing
+      if (times !== undefined) this.releasedAt()
+      const payload = codec.encode(pcm)
+      if (times !== undefined) this.frameTimes.set(payload, times)
+      return payload
+    }
+    return source
+  }
+
+  /**
+   * Hands one frame (encoded, or encoded on release) to the pacer; `arrivedAt`: when the upstream message
+   * that completed it came.
+   */
+  private queueFrame (payload: PayloadSource, durationMs: number, arrivedAt: number): void {
     if (this.deps.metrics !== undefined) {
       this.pacerCallAt = performance.now()
       this.frameTimes.set(payload, { arrivedAt, queuedAt: this.pacerCallAt })
@@ -537,8 +563,8 @@ export class VoiceSession {
 
   /**
    * When the pacer released the frame being sent: the start of the session's call into it (queueFrame, a
-   * playback report), or else the first send of the pacer's timer callback now running; a microtask runs
-   * only once that callback has returned, so it closes the run.
+   * playback report), or else the first send (before its encoding) of the pacer's timer or yield callback
+   * now running; a microtask runs only once that callback has returned, so it closes the run.
    */
   private releasedAt (): number {
     if (this.pacerCallAt !== undefined) return this.pacerCallAt

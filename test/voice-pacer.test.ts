@@ -107,3 +107,27 @@ describe('downlink pacing', () => {
     expect(p.isActive).toBe(false)
   })
 })
+
+describe('lazy payloads and yielding', () => {
+  it('a lazy frame is made only when released, never after a flush; with yielding, one due frame goes per turn', async () => {
+    vi.useRealTimers()
+    const sent: FrameHeader[] = []
+    const p = new DownlinkPacer({ codec: 'opus', send: h => { sent.push(h) }, yieldBetweenFrames: true })
+    const made: number[] = []
+    const lazy = (i: number) => () => { made.push(i); return new Uint8Array(10) }
+    p.begin(1)
+    for (let i = 0; i < 20; i++) p.push(lazy(i), FRAME_MS)
+    // the first frame goes at once; the rest of the due burst one per turn of the event loop
+    expect(made).toEqual([0])
+    expect(sent).toHaveLength(1)
+    await new Promise(resolve => setImmediate(resolve))
+    expect(sent).toHaveLength(2)
+    for (let i = 0; i < 10; i++) await new Promise(resolve => setImmediate(resolve))
+    expect(sent).toHaveLength(Math.floor(PACING_LEAD_MS / FRAME_MS))
+    expect(made).toEqual(sent.map((_, i) => i))
+    p.flush()
+    await new Promise(resolve => setTimeout(resolve, 100))
+    expect(made).toHaveLength(Math.floor(PACING_LEAD_MS / FRAME_MS))
+    expect(sent[0]?.flags).toBe(FLAG.START | FLAG.MARK)
+  })
+})
