@@ -86,14 +86,34 @@ export function openCodec (name: CodecName, frameMs: number): AudioCodec {
   return OPENERS[name](frameMs)
 }
 
+// Frames of speech-like audio warmCodecs runs through each transcoding codec: opusscript's WebAssembly starts
+// out as V8's baseline (Liftoff) code, many times slower than the optimized code it gets once hot. Cold, one
+// 40 ms frame takes 2–30 ms to encode (0.25 ms hot); at the first replies of a busy bridge that stalls the
+// event loop for tens of ms at a time, delaying every device's uplink and events (the voice benchmark's
+// first turns). 200 frames (8 s of audio, about 0.5 s of CPU once per process) make the encoder hot.
+const WARM_FRAMES = 200
+let warmed = false
+
 /**
- * Instantiates every codec and runs one frame through it, so the first real frame pays no start-up cost:
- * the first Opus instance compiles opusscript's WebAssembly, which then stays loaded for the process.
+ * Instantiates every codec and runs speech-like audio through it, once per process, so real frames pay no
+ * start-up cost: the first Opus instance compiles opusscript's WebAssembly, which then stays loaded for the
+ * process, and the warm-up makes its hot paths optimized code (see WARM_FRAMES).
  */
 export function warmCodecs (): void {
+  if (warmed) return
+  warmed = true
   for (const name of Object.keys(OPENERS) as CodecName[]) {
     const codec = openCodec(name, DEFAULT_FRAME_MS)
-    if (!codec.passThrough) codec.decode(codec.encode(silence(DEFAULT_FRAME_MS)))
+    if (!codec.passThrough) {
+      const pcm = new Int16Array(samplesFor(DEFAULT_FRAME_MS))
+      for (let f = 0; f < WARM_FRAMES; f++) {
+        for (let i = 0; i < pcm.length; i++) {
+          const t = (f * pcm.length + i) / REALTIME_RATE
+          pcm[i] = Math.round(8000 * (Math.sin(2 * Math.PI * 150 * t) + 0.5 * Math.sin(2 * Math.PI * 450 * t)) * (0.7 + 0.3 * Math.sin(2 * Math.PI * 4 * t)))
+        }
+        codec.decode(codec.encode(pcm))
+      }
+    }
     codec.close()
   }
 }
