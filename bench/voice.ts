@@ -198,6 +198,8 @@ class VoiceDevice {
   }
 
   private ctl (msg: Record<string, unknown>): void {
+    // a playback report timer may fire once more after the run closed the client; MQTT.js throws then
+    if (this.client.disconnecting || this.client.disconnected) return
     this.client.publish(`devices/${this.id}/audio/ctl`, JSON.stringify(msg), { qos: 1 })
   }
 

@@ -87,8 +87,11 @@ export function openLedger (db: Database, opts: LedgerOptions): SessionGate & { 
     }))
   }
 
+  const tickMs = Math.max(1000, Math.floor(leaseMs / 3))
   const tick = async (): Promise<void> => {
-    for (const l of live.values()) if (l.started) flushUsage(l, 0, undefined)
+    // the sessions' usage writes are spread over the tick: twenty at once stalled every session's audio
+    const started = [...live.values()].filter(l => l.started)
+    started.forEach((l, i) => { setTimeout(() => flushUsage(l, 0, undefined), Math.floor(i * tickMs / started.length)).unref() })
     const lost = await renewLeases(db, owner, [...live.keys()], now() + leaseMs).catch(err => {
       log.warn({ err: (err as Error).message }, 'voice leases not renewed')
       return [] as string[]
@@ -99,7 +102,7 @@ export function openLedger (db: Database, opts: LedgerOptions): SessionGate & { 
       opts.onLeaseLost(id)
     }
   }
-  const timer = setInterval(() => { void tick() }, Math.max(1000, Math.floor(leaseMs / 3)))
+  const timer = setInterval(() => { void tick() }, tickMs)
   timer.unref()
 
   const record: SessionRecord = {
