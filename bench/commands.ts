@@ -228,17 +228,19 @@ async function run (r: RunSpec): Promise<RunResult> {
   let windowStart = Number.POSITIVE_INFINITY
   let windowEnd = Number.POSITIVE_INFINITY
 
+  /** One command to device `d`, its latency counted from `from` when it completes inside the window. */
+  const roundTrip = async (d: CommandDevice, from: number): Promise<void> => {
+    let failure: string | undefined
+    try { failure = failureOf(await postCommand(spec, agent, d.id)) } catch (err) { failure = err instanceof Error ? err.message : String(err) }
+    const t1 = performance.now()
+    if (failure !== undefined) {
+      failures++
+      if (failureSamples.length < FAILURE_SAMPLES) failureSamples.push(`${d.id}: ${failure}`)
+    } else if (t1 >= windowStart && t1 <= windowEnd) latencies.push(t1 - from)
+  }
+
   const loop = async (d: CommandDevice): Promise<void> => {
-    while (!stopping) {
-      const t0 = performance.now()
-      let failure: string | undefined
-      try { failure = failureOf(await postCommand(spec, agent, d.id)) } catch (err) { failure = err instanceof Error ? err.message : String(err) }
-      const t1 = performance.now()
-      if (failure !== undefined) {
-        failures++
-        if (failureSamples.length < FAILURE_SAMPLES) failureSamples.push(`${d.id}: ${failure}`)
-      } else if (t1 >= windowStart && t1 <= windowEnd) latencies.push(t1 - t0)
-    }
+    while (!stopping) await roundTrip(d, performance.now())
   }
 
   const openLoop = async (rate: number): Promise<void> => {
@@ -251,15 +253,7 @@ async function run (r: RunSpec): Promise<RunResult> {
       if (wait > 1) { await sleep(Math.min(wait, 5)); continue }
       const d = devices[k % devices.length] as CommandDevice
       k++
-      const sent = (async () => {
-        let failure: string | undefined
-        try { failure = failureOf(await postCommand(spec, agent, d.id)) } catch (err) { failure = err instanceof Error ? err.message : String(err) }
-        const t1 = performance.now()
-        if (failure !== undefined) {
-          failures++
-          if (failureSamples.length < FAILURE_SAMPLES) failureSamples.push(`${d.id}: ${failure}`)
-        } else if (t1 >= windowStart && t1 <= windowEnd) latencies.push(t1 - due)
-      })()
+      const sent = roundTrip(d, due)
       inFlight.add(sent)
       void sent.then(() => inFlight.delete(sent))
     }
