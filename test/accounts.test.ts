@@ -37,6 +37,11 @@ describe('users and sessions', () => {
     expectCode(await r.request('POST', '/v1/users', { email: 'not an email', password: 'long enough' }), 400, 'VALIDATION_FAILED')
   })
 
+  it('fleet provisioning is off without a fleet secret', async () => {
+    expectCode(await r.request('POST', '/v1/provision', { deviceId: 'nofleet-1', nonce: 'nonce-0001', ts: Date.now(), hmac: '0'.repeat(64) }, null), 404, 'PROVISIONING_DISABLED')
+    expectCode(await r.request('GET', '/v1/devices/nofleet-1'), 404, 'DEVICE_NOT_FOUND')
+  })
+
   it('login gives an access token that works and a refresh token that works once; wrong passwords and unknown emails get the same answer', async () => {
     const s = await makeUser(r, 'bo@example.com')
     expect((await r.request('GET', '/v1/devices', undefined, s.accessToken)).status).toBe(200)
