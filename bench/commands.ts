@@ -3,7 +3,6 @@
 // Both sides live here: commandsBenchmark() runs in the orchestrator; run as a process entry (its own
 // core, like bench/load.ts) this file is the load side, 100 raw MQTT devices and their HTTP loops.
 
-import { readFileSync } from 'node:fs'
 import { Agent, request } from 'node:http'
 import type { Socket } from 'node:net'
 import { resolve } from 'node:path'
@@ -11,7 +10,7 @@ import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 import { profileArgs, startRoostBroker, type RoostUnderTest } from './brokers.ts'
 import { benchDeviceIds, type BenchDevice } from './devices.ts'
-import { NodeChild, serveParent, sleep } from './process.ts'
+import { CpuMeter, NodeChild, serveParent, sleep, type CpuShares } from './process.ts'
 import { median, rate, type BenchReport } from './report.ts'
 import type { Settings } from './settings.ts'
 import { postgresUnavailable } from '../test/postgres.ts'
@@ -60,8 +59,6 @@ const MAX_PACKET_ID = 0xffff
 const SPARE_CONNECTIONS = 16
 // Room for the load process's own files (Node's, tsx's) beyond its sockets.
 const LOAD_SPARE_FDS = 1024
-// USER_HZ: the unit of utime/stime in /proc/<pid>/stat on Linux (as in bench/load.ts)
-const CLOCK_TICKS_PER_SECOND = 100
 // load process cores at which the client, not Roost, may set the pace (as in bench/relay.ts)
 const CLIENT_BOUND_CORES = 0.9
 // Failure texts kept per run: enough to see what went wrong without copying thousands of bodies.
@@ -100,7 +97,7 @@ interface RunResult {
   readonly failures: number
   readonly failureSamples: readonly string[]
   readonly disconnects: number // device sessions the broker closed during the run
-  readonly cpu: { readonly broker: number, readonly load: number }
+  readonly cpu: CpuShares
 }
 
 // ---- load side -----------------------------------------------------------------------------------
@@ -198,12 +195,6 @@ function failureOf (reply: { status: number, body: string }): string | undefined
   return status === 'succeeded' ? undefined : `201 with status "${String(status)}"`
 }
 
-function processCpuSeconds (pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-  // fields after the parenthesised command name; utime and stime are the 14th and 15th of the whole line
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND
-}
 
 function latencyOf (samples: Float64Array): Latency {
   const s = samples.sort()
@@ -262,17 +253,12 @@ async function run (r: RunSpec): Promise<RunResult> {
 
   const loops = r.rate === undefined ? active.map(loop) : [openLoop(r.rate)]
   await sleep(r.warmupMs)
-  const cpuBroker0 = processCpuSeconds(r.brokerPid)
-  const cpuLoad0 = process.cpuUsage()
+  const cpuMeter = new CpuMeter(r.brokerPid)
   windowStart = performance.now()
   await sleep(r.measureMs)
   windowEnd = performance.now()
   const seconds = (windowEnd - windowStart) / 1000
-  const cpuLoad = process.cpuUsage(cpuLoad0)
-  const cpu = {
-    broker: Math.round((processCpuSeconds(r.brokerPid) - cpuBroker0) / seconds * 100) / 100,
-    load: Math.round((cpuLoad.user + cpuLoad.system) / 1e6 / seconds * 100) / 100,
-  }
+  const cpu = cpuMeter.read()
   stopping = true
   await Promise.all(loops)
   return {

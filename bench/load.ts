@@ -1,10 +1,9 @@
 // The load generator, in its own process on its own core: publishers with a window of outstanding
 // packet ids, a counting subscriber, and thousands of idle logins, all on raw sockets (see wire.ts).
 
-import { readFileSync } from 'node:fs'
 import type { Socket } from 'node:net'
 import { performance } from 'node:perf_hooks'
-import { serveParent, sleep } from './process.ts'
+import { CpuMeter, serveParent, sleep, type CpuShares } from './process.ts'
 import {
   FrameScanner, openSession, publishTemplate, pubackPacket, subscribePacket,
   PACKET_PUBACK, PACKET_PUBLISH, PACKET_SUBACK, PUBACK_BYTES,
@@ -95,30 +94,6 @@ export interface IdleResult {
  * Cores busy during the window (1 = one core): a broker near 1 is saturated, as it should be; a load
  * generator near 1 means the client, not the broker, set the pace.
  */
-export interface CpuShares { readonly broker: number, readonly load: number }
-
-// USER_HZ: the unit of utime/stime in /proc/<pid>/stat on Linux
-const CLOCK_TICKS_PER_SECOND = 100
-
-function processCpuSeconds (pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-  // fields after the parenthesised command name; utime and stime are the 14th and 15th of the whole line
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND
-}
-
-class CpuMeter {
-  private readonly brokerStart: number
-  private readonly loadStart = process.cpuUsage()
-  private readonly t0 = performance.now()
-  constructor (private readonly brokerPid: number) { this.brokerStart = processCpuSeconds(brokerPid) }
-  read (): CpuShares {
-    const seconds = (performance.now() - this.t0) / 1000
-    const load = process.cpuUsage(this.loadStart)
-    const round = (x: number): number => Math.round(x * 100) / 100
-    return { broker: round((processCpuSeconds(this.brokerPid) - this.brokerStart) / seconds), load: round((load.user + load.system) / 1e6 / seconds) }
-  }
-}
 
 /** One publishing connection: writes copies of one PUBLISH while its windows have room. */
 class Publisher {

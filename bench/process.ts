@@ -4,7 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { cpus } from 'node:os'
-import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 
 /** A request from the orchestrator to a child, and the child's answer. */
@@ -185,6 +185,23 @@ export function processCpuSeconds (pid: number): number {
   // fields after the parenthesised command name; utime and stime are the 14th and 15th of the whole line
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND
+}
+
+/** Cores a broker and this load process kept busy on average, from /proc and process.cpuUsage(). */
+export interface CpuShares { readonly broker: number, readonly load: number }
+
+/** Measures CpuShares from its construction to each read(). */
+export class CpuMeter {
+  private readonly brokerStart: number
+  private readonly loadStart = process.cpuUsage()
+  private readonly t0 = performance.now()
+  constructor (private readonly brokerPid: number) { this.brokerStart = processCpuSeconds(brokerPid) }
+  read (): CpuShares {
+    const seconds = (performance.now() - this.t0) / 1000
+    const load = process.cpuUsage(this.loadStart)
+    const round = (x: number): number => Math.round(x * 100) / 100
+    return { broker: round((processCpuSeconds(this.brokerPid) - this.brokerStart) / seconds), load: round((load.user + load.system) / 1e6 / seconds) }
+  }
 }
 
 /** How late this process's event loop ran ready work (timers, sockets) over a window, in ms. */
