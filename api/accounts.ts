@@ -14,9 +14,9 @@ import type { ApiKeyRow } from '../schemas/db/accounts.ts'
 import {
   changePassword, claimDevice, createApiKey, createUser, listApiKeys, revokeApiKey, setClaimCode, useNonce, userByEmail, userById,
 } from '../db/accounts.ts'
-import { createDevice, getDevice } from '../db/devices.ts'
+import { createDevice, getDevice, hashToken } from '../db/devices.ts'
 import { hashPassword, verifyPassword, decoyHash, PASSWORD_MIN_LENGTH } from './passwords.ts'
-import { hashSecret, newApiKeySecret } from './user-auth.ts'
+import { newApiKeySecret } from './user-auth.ts'
 import { authErrors, bearerToken, requestUser } from './auth.ts'
 import { deviceView } from './devices.ts'
 import { APP_USERNAME } from '../broker/identity.ts'
@@ -38,7 +38,7 @@ export function newClaimCode (): string {
 
 /** Claim codes are compared without case, spaces or dashes, as people type them. */
 export function claimCodeHash (code: string): string {
-  return hashSecret(code.toUpperCase().replace(/[\s-]/g, ''))
+  return hashToken(code.toUpperCase().replace(/[\s-]/g, ''))
 }
 
 function keyView (k: ApiKeyRow): typeof ApiKey.static {
@@ -122,8 +122,7 @@ export const accountRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asy
   }, async request => {
     const tokens = await users.refresh(request.body.refreshToken)
     if (tokens === undefined) throw new RoostError('REFRESH_INVALID')
-    const claims = await users.verify(tokens.accessToken)
-    return { accessToken: tokens.accessToken, refreshToken: tokens.refreshToken, expiresIn: tokens.expiresIn, userId: claims?.userId ?? '' }
+    return { accessToken: tokens.accessToken, refreshToken: tokens.refreshToken, expiresIn: tokens.expiresIn, userId: tokens.userId }
   })
 
   app.post('/v1/auth/logout', {
@@ -181,7 +180,7 @@ export const accountRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asy
   }, async (request, reply) => {
     const userId = mustBeUser(request)
     const key = newApiKeySecret()
-    const row = await createApiKey(db, { userId, name: request.body.name, scopes: request.body.scopes ?? ['read'], keyHash: hashSecret(key), expiresAt: request.body.expiresAt ?? null }, now())
+    const row = await createApiKey(db, { userId, name: request.body.name, scopes: request.body.scopes ?? ['read'], keyHash: hashToken(key), expiresAt: request.body.expiresAt ?? null }, now())
     request.log.info({ userId, keyId: row.id }, 'API key created')
     return reply.status(201).send({ ...keyView(row), key })
   })

@@ -2,13 +2,13 @@
 // that device's own endpoints. A route declares what it accepts in `config.auth`; one hook enforces it,
 // ownership included, before the handler runs.
 
-import { createHash, timingSafeEqual } from 'node:crypto'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { RoostError, type ErrorCode } from '../schemas/errors.ts'
 import { deviceByTokenHash, getDevice, hashToken, DEVICE_TOKEN_PREFIX } from '../db/devices.ts'
 import type { Database } from '../db/open.ts'
 import type { ApiKeyScope } from '../schemas/db/accounts.ts'
 import type { UserAuth, UserCredential } from './user-auth.ts'
+import { secretEquals } from '../broker/identity.ts'
 
 export type Principal =
   | { readonly kind: 'admin' }
@@ -44,12 +44,6 @@ export function authErrors (rule: AuthRule): ErrorCode[] {
   }
 }
 
-export function sameSecret (presented: string, expected: string): boolean {
-  const a = createHash('sha256').update(presented).digest()
-  const b = createHash('sha256').update(expected).digest()
-  return timingSafeEqual(a, b)
-}
-
 export function bearerToken (request: FastifyRequest): string | undefined {
   const header = request.headers.authorization
   if (header === undefined) return undefined
@@ -59,7 +53,7 @@ export function bearerToken (request: FastifyRequest): string | undefined {
 
 /** Who a bearer token is, or undefined when it is nobody's. */
 export async function principalOf (token: string, opts: { adminToken: string, db: Database, users: UserAuth }): Promise<Principal | undefined> {
-  if (sameSecret(token, opts.adminToken)) return { kind: 'admin' }
+  if (secretEquals(token, opts.adminToken)) return { kind: 'admin' }
   if (token.startsWith(DEVICE_TOKEN_PREFIX)) {
     const device = await deviceByTokenHash(opts.db, hashToken(token))
     return device === undefined ? undefined : { kind: 'device', deviceId: device.id }

@@ -19,7 +19,8 @@ import { ERRORS, ERROR_CODES, RoostError } from '../schemas/errors.ts'
 import type { TelemetryLimits } from '../schemas/telemetry.ts'
 import type { Database } from '../db/open.ts'
 import type { BrokerPort } from './broker-port.ts'
-import { installAuth, sameSecret as principalIsAdmin } from './auth.ts'
+import { installAuth } from './auth.ts'
+import { secretEquals } from '../broker/identity.ts'
 import { accountRoutes } from './accounts.ts'
 import { UserAuth, userAuthFor } from './user-auth.ts'
 import { LoginGuard } from './lockout.ts'
@@ -155,7 +156,7 @@ export async function buildApi (config: Config, deps: ApiDeps): Promise<FastifyI
     firmware: await openFirmwareStore({ dataDir: config.dataDir, maxBytes: config.firmware.maxBytes, urlSecret }),
     users: deps.users ?? userAuthFor(config, deps.db),
     lockout: deps.lockout ?? new LoginGuard({ addressThreshold: config.loginAddressFailures }),
-    isAdminToken: token => principalIsAdmin(token, adminToken),
+    isAdminToken: token => secretEquals(token, adminToken),
     accounts: config.accounts,
     fleetSecret: config.auth.fleetSecret,
   }

@@ -7,6 +7,7 @@ import { EventEmitter } from 'node:events'
 import { SignJWT, jwtVerify, errors as joseErrors } from 'jose'
 import type { Database } from '../db/open.ts'
 import type { Config } from '../schemas/config.ts'
+import { hashToken } from '../db/devices.ts'
 import { apiKeyByHash, createSession, revokeSession, rotateRefresh, sessionById, sessionByRefresh } from '../db/accounts.ts'
 import { API_KEY_SCOPES, type ApiKeyScope } from '../schemas/db/accounts.ts'
 
@@ -39,11 +40,7 @@ export interface UserAuthOptions {
   readonly now?: () => number
 }
 
-export interface IssuedTokens { readonly accessToken: string, readonly refreshToken: string, readonly expiresIn: number, readonly sessionId: string }
-
-export function hashSecret (secret: string): string {
-  return createHash('sha256').update(secret).digest('hex')
-}
+export interface IssuedTokens { readonly accessToken: string, readonly refreshToken: string, readonly expiresIn: number, readonly sessionId: string, readonly userId: string }
 
 export function newApiKeySecret (): string {
   return API_KEY_PREFIX + randomBytes(24).toString('base64url')
@@ -64,17 +61,17 @@ export class UserAuth extends EventEmitter<{ revoked: [Revocation] }> {
   async issue (userId: string): Promise<IssuedTokens> {
     const refreshToken = REFRESH_PREFIX + randomBytes(24).toString('base64url')
     const t = this.now()
-    const session = await createSession(this.opts.db, userId, hashSecret(refreshToken), t, t + this.opts.refreshTtlMs)
-    return { accessToken: await this.sign(userId, session.id, t), refreshToken, expiresIn: Math.floor(this.opts.accessTtlMs / 1000), sessionId: session.id }
+    const session = await createSession(this.opts.db, userId, hashToken(refreshToken), t, t + this.opts.refreshTtlMs)
+    return { accessToken: await this.sign(userId, session.id, t), refreshToken, expiresIn: Math.floor(this.opts.accessTtlMs / 1000), sessionId: session.id, userId }
   }
 
   /** Trades a refresh token for new tokens of the same session; undefined when it is not live (used, revoked, expired, unknown). */
   async refresh (refreshToken: string): Promise<IssuedTokens | undefined> {
     const next = REFRESH_PREFIX + randomBytes(24).toString('base64url')
     const t = this.now()
-    const session = await rotateRefresh(this.opts.db, hashSecret(refreshToken), hashSecret(next), t, t + this.opts.refreshTtlMs)
+    const session = await rotateRefresh(this.opts.db, hashToken(refreshToken), hashToken(next), t, t + this.opts.refreshTtlMs)
     if (session === undefined) return undefined
-    return { accessToken: await this.sign(session.userId, session.id, t), refreshToken: next, expiresIn: Math.floor(this.opts.accessTtlMs / 1000), sessionId: session.id }
+    return { accessToken: await this.sign(session.userId, session.id, t), refreshToken: next, expiresIn: Math.floor(this.opts.accessTtlMs / 1000), sessionId: session.id, userId: session.userId }
   }
 
   /**
@@ -85,7 +82,7 @@ export class UserAuth extends EventEmitter<{ revoked: [Revocation] }> {
     let sessionId: string | undefined
     let userId: string | undefined
     if (token.startsWith(REFRESH_PREFIX)) {
-      const s = await sessionByRefresh(this.opts.db, hashSecret(token))
+      const s = await sessionByRefresh(this.opts.db, hashToken(token))
       sessionId = s?.id
       userId = s?.userId
     } else {
@@ -117,7 +114,7 @@ export class UserAuth extends EventEmitter<{ revoked: [Revocation] }> {
   /** The credential an access token or API key stands for, or undefined when it is not (or no longer) valid. */
   async verify (token: string): Promise<UserCredential | undefined> {
     if (token.startsWith(API_KEY_PREFIX)) {
-      const key = await apiKeyByHash(this.opts.db, hashSecret(token))
+      const key = await apiKeyByHash(this.opts.db, hashToken(token))
       if (key === undefined || key.revokedAt !== null || (key.expiresAt !== null && key.expiresAt <= this.now())) return undefined
       return { userId: key.userId, kind: 'apikey', id: key.id, scopes: key.scopes, expiresAt: key.expiresAt }
     }

@@ -55,7 +55,8 @@ function refuse (returnCode: 2 | 4 | 5, code: ErrorCode): LoginResult {
   return { ok: false, returnCode, code }
 }
 
-function secretEquals (presented: Buffer, expected: string): boolean {
+/** Constant-time comparison of a presented secret with a configured one (the service or admin token). */
+export function secretEquals (presented: string | Buffer, expected: string): boolean {
   // hash both sides so the comparison is constant-time whatever the lengths
   const a = createHash('sha256').update(presented).digest()
   const b = createHash('sha256').update(expected).digest()

@@ -1,7 +1,7 @@
 // Account records: users, sessions, API keys, claim codes and provisioning nonces.
 
 import { randomBytes } from 'node:crypto'
-import { and, asc, eq, gt, isNotNull, isNull, lt, ne, sql } from 'drizzle-orm'
+import { and, asc, eq, gt, isNull, lt, ne, sql } from 'drizzle-orm'
 import { apiKeys, claimCodes, provisionNonces, userSessions, users, type ApiKeyRow, type ApiKeyScope, type SessionRow, type UserRow } from '../schemas/db/accounts.ts'
 import { devices, type DeviceRow } from '../schemas/db/devices.ts'
 import type { Database } from './open.ts'
@@ -123,10 +123,4 @@ export async function useNonce (db: Database, nonce: string, deviceId: string, n
   await db.orm.delete(provisionNonces).where(lt(provisionNonces.usedAt, forgetBefore))
   const rows = await db.orm.insert(provisionNonces).values({ nonce, deviceId, usedAt: now }).onConflictDoNothing().returning()
   return rows.length === 1
-}
-
-/** The owner of every owned device, for the broker's app ACL. */
-export async function allOwners (db: Database): Promise<Array<{ id: string, ownerId: string }>> {
-  const rows = await db.orm.select({ id: devices.id, ownerId: devices.ownerId }).from(devices).where(isNotNull(devices.ownerId))
-  return rows as Array<{ id: string, ownerId: string }>
 }
