@@ -14,6 +14,7 @@ import { openDatabase, type Database } from '../db/open.ts'
 import { insertTelemetry, latestTelemetry, telemetryAggregate, telemetryRange, type RangeCursor, type StoredRow } from '../db/telemetry.ts'
 import { pgliteTemplateDir } from '../test/template.ts'
 import { postgresUnavailable, startPostgres, type PostgresServer } from '../test/postgres.ts'
+import { recording } from '../test/recording-db.ts'
 
 const ROWS_PER_KEY = Number(process.env.BENCH_ROWS_PER_KEY ?? 250_000)
 const BACKENDS = (process.env.BENCH_BACKENDS ?? 'pglite,postgres').split(',')
@@ -92,16 +93,7 @@ function fmt (ms: number): string {
 
 /** Runs the statements of one library call under EXPLAIN ANALYZE and prints the plans. */
 async function explainAnalyze (db: Database, label: string, call: (db: Database) => Promise<unknown>): Promise<void> {
-  const statements: Array<{ text: string, params: readonly unknown[] }> = []
-  const recorder: Database = {
-    kind: db.kind,
-    orm: db.orm,
-    close: () => db.close(),
-    query<T> (text: string, params: readonly unknown[] = []) {
-      statements.push({ text, params })
-      return db.query<T>(text, params)
-    },
-  }
+  const { db: recorder, statements } = recording(db)
   await call(recorder)
   const last = statements[statements.length - 1]
   if (last === undefined) return

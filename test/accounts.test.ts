@@ -3,19 +3,9 @@
 
 import { createHmac } from 'node:crypto'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { startRoost, sleep, type TestRoost } from './harness.ts'
+import { startRoost, sleep, type TestRoost, type UserLogin as Login } from './harness.ts'
 import { claimDevice } from '../db/accounts.ts'
 import { claimCodeHash } from '../api/accounts.ts'
-
-interface Login { accessToken: string, refreshToken: string, userId: string }
-
-async function makeUser (r: TestRoost, email: string, password = 'correct horse'): Promise<Login> {
-  const created = await r.request('POST', '/v1/users', { email, password })
-  expect(created.status, JSON.stringify(created.body)).toBe(201)
-  const login = await r.request('POST', '/v1/auth/login', { email, password }, null)
-  expect(login.status).toBe(200)
-  return login.body as Login
-}
 
 function expectCode (res: { status: number, body: any }, status: number, code: string): void {
   expect({ status: res.status, code: res.body?.code }).toEqual({ status, code })
@@ -43,7 +33,7 @@ describe('users and sessions', () => {
   })
 
   it('login gives an access token that works and a refresh token that works once; wrong passwords and unknown emails get the same answer', async () => {
-    const s = await makeUser(r, 'bo@example.com')
+    const s = await r.addUser('bo@example.com')
     expect((await r.request('GET', '/v1/devices', undefined, s.accessToken)).status).toBe(200)
     expectCode(await r.request('POST', '/v1/auth/login', { email: 'bo@example.com', password: 'wrong password' }, null), 401, 'LOGIN_FAILED')
     expectCode(await r.request('POST', '/v1/auth/login', { email: 'nobody@example.com', password: 'wrong password' }, null), 401, 'LOGIN_FAILED')
@@ -55,7 +45,7 @@ describe('users and sessions', () => {
   })
 
   it('logout ends the session at once and answers 204 again and again', async () => {
-    const s = await makeUser(r, 'cy@example.com')
+    const s = await r.addUser('cy@example.com')
     expect((await r.request('POST', '/v1/auth/logout', undefined, s.accessToken)).status).toBe(204)
     expectCode(await r.request('GET', '/v1/devices', undefined, s.accessToken), 401, 'AUTH_INVALID')
     expect((await r.request('POST', '/v1/auth/logout', undefined, s.accessToken)).status).toBe(204)
@@ -65,7 +55,7 @@ describe('users and sessions', () => {
   })
 
   it('a password change keeps the session that made it and ends every other one', async () => {
-    const a = await makeUser(r, 'di@example.com')
+    const a = await r.addUser('di@example.com')
     const b = (await r.request('POST', '/v1/auth/login', { email: 'di@example.com', password: 'correct horse' }, null)).body as Login
     expectCode(await r.request('POST', '/v1/auth/password', { currentPassword: 'wrong one!', newPassword: 'new password' }, a.accessToken), 401, 'LOGIN_FAILED')
     expect((await r.request('POST', '/v1/auth/password', { currentPassword: 'correct horse', newPassword: 'new password' }, a.accessToken)).status).toBe(204)
@@ -76,7 +66,7 @@ describe('users and sessions', () => {
   })
 
   it('API keys: the secret is shown once, scopes limit what a key does, and revoking stops it at once', async () => {
-    const s = await makeUser(r, 'ed@example.com')
+    const s = await r.addUser('ed@example.com')
     await r.addDevice('ed-lamp')
     await r.request('PATCH', '/v1/devices/ed-lamp', { ownerId: s.userId })
     const readKey = await r.request('POST', '/v1/api-keys', { name: 'dashboard' }, s.accessToken)
@@ -104,7 +94,7 @@ describe('an access token past its lifetime', () => {
   afterAll(async () => { await r?.close() })
 
   it('stops working, and logging out with it still answers 204 and ends its session', async () => {
-    const s = await makeUser(r, 'fay@example.com')
+    const s = await r.addUser('fay@example.com')
     await sleep(2100)
     expectCode(await r.request('GET', '/v1/devices', undefined, s.accessToken), 401, 'AUTH_INVALID')
     expect((await r.request('POST', '/v1/auth/logout', undefined, s.accessToken)).status).toBe(204)
@@ -118,8 +108,8 @@ describe('who may use which route (route × role)', () => {
   let commandId = ''
   beforeAll(async () => {
     r = await startRoost()
-    const owner = await makeUser(r, 'owner@example.com')
-    const other = await makeUser(r, 'other@example.com')
+    const owner = await r.addUser('owner@example.com')
+    const other = await r.addUser('other@example.com')
     creds.admin = r.adminToken
     creds.owner = owner.accessToken
     creds['other user'] = other.accessToken
@@ -228,8 +218,8 @@ describe('claiming and provisioning', () => {
   const sign = (deviceId: string, nonce: string, ts: number, secret = FLEET): string => createHmac('sha256', secret).update(`${deviceId}:${nonce}:${ts}`).digest('hex')
 
   it('a user claims an unowned device once with its code; a wrong code is refused, a used one finds the device owned', async () => {
-    const ann = await makeUser(r, 'claim-ann@example.com')
-    const ben = await makeUser(r, 'claim-ben@example.com')
+    const ann = await r.addUser('claim-ann@example.com')
+    const ben = await r.addUser('claim-ben@example.com')
     await r.addDevice('bear-1')
     const issued = await r.request('POST', '/v1/devices/bear-1/claim-code')
     expect(issued.status).toBe(201)
@@ -252,7 +242,7 @@ describe('claiming and provisioning', () => {
   })
 
   it('five wrong codes lock the device out: the right code is refused too, with Retry-After', async () => {
-    const cy = await makeUser(r, 'claim-cy@example.com')
+    const cy = await r.addUser('claim-cy@example.com')
     await r.addDevice('bear-3')
     const issued = await r.request('POST', '/v1/devices/bear-3/claim-code')
     for (let i = 0; i < 5; i++) expectCode(await r.request('POST', '/v1/devices/bear-3/claim', { code: `WRONG${i}` }, cy.accessToken), 403, 'CLAIM_CODE_INVALID')
@@ -268,7 +258,7 @@ describe('claiming and provisioning', () => {
     expect(ok.body).toMatchObject({ id: 'prov-1', mqtt: { username: 'prov-1' } })
     const device = await r.connectDevice('prov-1', ok.body.token)
     expect(device.connected).toBe(true)
-    const dee = await makeUser(r, 'prov-dee@example.com')
+    const dee = await r.addUser('prov-dee@example.com')
     expect((await r.request('POST', '/v1/devices/prov-1/claim', { code: ok.body.claimCode }, dee.accessToken)).status).toBe(200)
     expectCode(await r.request('POST', '/v1/provision', { deviceId: 'prov-1', nonce: 'nonce-0001', ts, hmac: sign('prov-1', 'nonce-0001', ts) }, null), 409, 'PROVISION_REPLAYED')
     const old = ts - 6 * 60_000

@@ -6,18 +6,11 @@ import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import mqtt, { type MqttClient } from 'mqtt'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { collect, eventually, nextMessage, sleep, startRoost, subscribeCodes, type TestRoost } from './harness.ts'
+import { collect, eventually, nextMessage, sleep, startRoost, subscribeCodes, type TestRoost, type UserLogin as User } from './harness.ts'
 
 const run = promisify(execFile)
 const HAVE_MOSQUITTO_PUB = await run('mosquitto_pub', ['--help']).then(() => true, (err: { code?: unknown }) => err.code !== 'ENOENT')
 if (!HAVE_MOSQUITTO_PUB) console.warn('apps-mqtt: mosquitto_pub is not installed (apt-get install mosquitto-clients); devices publish with MQTT.js instead')
-
-interface User { userId: string, accessToken: string }
-
-async function makeUser (r: TestRoost, email: string): Promise<User> {
-  await r.request('POST', '/v1/users', { email, password: 'correct horse' })
-  return (await r.request('POST', '/v1/auth/login', { email, password: 'correct horse' }, null)).body as User
-}
 
 /** A device publishes one reading, with mosquitto_pub when installed (as people test with it). */
 async function devicePublish (r: TestRoost, id: string, token: string, payload: unknown): Promise<void> {
@@ -56,8 +49,8 @@ describe('apps over MQTT', () => {
   const apps: MqttClient[] = []
   beforeAll(async () => {
     r = await startRoost()
-    ann = await makeUser(r, 'ann@example.com')
-    ben = await makeUser(r, 'ben@example.com')
+    ann = await r.addUser('ann@example.com')
+    ben = await r.addUser('ben@example.com')
     for (const [id, owner] of [['ann-lamp', ann], ['ann-fan', ann], ['ben-lamp', ben]] as const) {
       tokens[id] = await r.addDevice(id)
       await r.request('PATCH', `/v1/devices/${id}`, { ownerId: owner.userId })
@@ -147,7 +140,7 @@ describe('an app whose access token expires', () => {
   afterAll(async () => { await r?.close() })
 
   it('is disconnected when the token expires', async () => {
-    const u = await makeUser(r, 'exp@example.com')
+    const u = await r.addUser('exp@example.com')
     const c = await connectApp(r.mqttUrl, u.accessToken)
     try {
       expect(c.connected).toBe(true)

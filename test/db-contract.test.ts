@@ -12,6 +12,7 @@ import { maintain } from '../db/maintenance.ts'
 import { allDesired, getState, mergeReported, patchDesired } from '../db/state.ts'
 import { CommandStore, createCommand, deliverable, expireDue, finishCommand, listCommands, markSent } from '../db/commands.ts'
 import { createLogger } from '../log.ts'
+import { recording } from './recording-db.ts'
 import {
   createDevice, deleteDevice, deviceByTokenHash, getDevice, hashToken, listDevices, rotateDeviceToken, tokenMatches,
   updateDevice, writeLastSeen,
@@ -74,23 +75,6 @@ async function explain (db: Database, text: string, params: readonly unknown[]):
   let plan = rows[0]?.['QUERY PLAN']
   if (typeof plan === 'string') plan = JSON.parse(plan)
   return planNodes((plan as Array<{ Plan: PlanNode }>)[0]!.Plan)
-}
-
-/** The same database, remembering each statement it was asked to run. */
-function recording (db: Database): { db: Database, statements: Array<{ text: string, params: readonly unknown[] }> } {
-  const statements: Array<{ text: string, params: readonly unknown[] }> = []
-  return {
-    statements,
-    db: {
-      kind: db.kind,
-      orm: db.orm,
-      close: () => db.close(),
-      query<T> (text: string, params: readonly unknown[] = []) {
-        statements.push({ text, params })
-        return db.query<T>(text, params)
-      },
-    },
-  }
 }
 
 function dbContract (name: string, startBackend: () => Promise<Backend>, skipReason?: string): void {

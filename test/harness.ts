@@ -24,12 +24,16 @@ export interface TestRoost {
   request (method: string, path: string, body?: unknown, token?: string | null): Promise<{ status: number, body: any, headers: Headers }>
   /** Creates a device through the API; returns its token. */
   addDevice (id: string): Promise<string>
+  /** Creates a user through the admin API and logs it in; returns its session's tokens. */
+  addUser (email: string, password?: string): Promise<UserLogin>
   /** Connects a real MQTT client; closed by close(). */
   connect (opts: IClientOptions, url?: string): Promise<MqttClient>
   /** Connects as device `id` with its token. */
   connectDevice (id: string, token: string, opts?: IClientOptions): Promise<MqttClient>
   close (): Promise<void>
 }
+
+export interface UserLogin { readonly userId: string, readonly accessToken: string, readonly refreshToken: string }
 
 export interface StartOptions {
   readonly env?: Record<string, string>
@@ -95,6 +99,13 @@ export async function startRoost (opts: StartOptions = {}): Promise<TestRoost> {
       const res = await t.request('POST', '/v1/devices', { id })
       if (res.status !== 201) throw new Error(`addDevice ${id}: ${res.status} ${JSON.stringify(res.body)}`)
       return res.body.token as string
+    },
+    async addUser (email, password = 'correct horse') {
+      const created = await t.request('POST', '/v1/users', { email, password })
+      if (created.status !== 201) throw new Error(`addUser ${email}: ${created.status} ${JSON.stringify(created.body)}`)
+      const login = await t.request('POST', '/v1/auth/login', { email, password }, null)
+      if (login.status !== 200) throw new Error(`login ${email}: ${login.status} ${JSON.stringify(login.body)}`)
+      return login.body as UserLogin
     },
     async connect (o, url) {
       const client = await mqtt.connectAsync(url ?? t.mqttUrl, { reconnectPeriod: 0, connectTimeout: 5000, ...o })
