@@ -18,6 +18,8 @@ const AUDIENCE = 'roost-access'
 // a session's revocation is looked up at most this often per session; revocations made in this process
 // take effect at once (the cache is updated), those made by another API process within this time
 const SESSION_CACHE_MS = 5000
+// sessions whose state is cached; beyond it, entries older than an access token's lifetime are dropped
+const SESSION_CACHE_MAX = 10_000
 
 export type CredentialKind = 'session' | 'apikey'
 
@@ -50,6 +52,7 @@ export class UserAuth extends EventEmitter<{ revoked: [Revocation] }> {
   private readonly key: Uint8Array
   private readonly now: () => number
   private readonly sessions = new Map<string, { revoked: boolean, checkedAt: number }>()
+  private sweptAt = Number.NEGATIVE_INFINITY
 
   constructor (private readonly opts: UserAuthOptions) {
     super()
@@ -101,7 +104,7 @@ export class UserAuth extends EventEmitter<{ revoked: [Revocation] }> {
   /** Call after sessions were revoked in the database by other means (a password change). */
   sessionsRevoked (ids: readonly string[], userId: string): void {
     for (const id of ids) {
-      this.sessions.set(id, { revoked: true, checkedAt: this.now() })
+      this.remember(id, true, this.now())
       this.emit('revoked', { kind: 'session', id, userId })
     }
   }
@@ -152,13 +155,25 @@ export class UserAuth extends EventEmitter<{ revoked: [Revocation] }> {
     }
   }
 
+  /**
+   * Caches a session's state. Past SESSION_CACHE_MAX entries, those older than an access token's lifetime
+   * go: no token of theirs can still be valid, so forgetting them changes no answer.
+   */
+  private remember (id: string, revoked: boolean, at: number): void {
+    this.sessions.set(id, { revoked, checkedAt: at })
+    // swept at most once per cache period, so a large live fleet of sessions does not scan on every miss
+    if (this.sessions.size <= SESSION_CACHE_MAX || at - this.sweptAt < SESSION_CACHE_MS) return
+    this.sweptAt = at
+    for (const [k, v] of this.sessions) if (at - v.checkedAt > this.opts.accessTtlMs) this.sessions.delete(k)
+  }
+
   private async sessionRevoked (id: string): Promise<boolean> {
     const t = this.now()
     const cached = this.sessions.get(id)
     if (cached !== undefined && (cached.revoked || t - cached.checkedAt < SESSION_CACHE_MS)) return cached.revoked
     const row = await sessionById(this.opts.db, id)
     const revoked = row === undefined || row.revokedAt !== null
-    this.sessions.set(id, { revoked, checkedAt: t })
+    this.remember(id, revoked, t)
     return revoked
   }
 }
