@@ -590,7 +590,8 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     appClients.add(c)
     const timer = expiresAt === null ? undefined : setTimeout(() => closeApp(c, 'credential expired'), Math.max(0, expiresAt - now()))
     timer?.unref()
-    c.once('close' as never, () => { appClients.delete(c); if (timer !== undefined) clearTimeout(timer) })
+    // an Aedes client emits no 'close' of its own: its connection's stream does, however it ended
+    c.conn.once('close', () => { appClients.delete(c); if (timer !== undefined) clearTimeout(timer) })
   }
 
   function closeApp (c: RoostClient, why: string): void {
