@@ -31,6 +31,8 @@ export function localBrokerPort (broker: Broker): BrokerPort {
   return {
     isOnline: id => broker.presence.isOnline(id),
     deviceChanged: (id, change) => broker.deviceChanged(id, change),
+    commandsListening: id => broker.commandsListening(id),
+    commandCreated: row => broker.commands.created(row),
     publish: (topic, payload, opts) => broker.publish(topic, payload, opts),
     storeTelemetry: rows => new Promise(resolve => { broker.committer.add(rows, resolve) }),
     handleMqttStream: (stream, req) => broker.handle(stream, req),

@@ -13,6 +13,10 @@ export interface BrokerPort {
   isOnline (deviceId: string): boolean
   /** Tell the broker a device changed: it forgets cached credentials and, on rotate/delete, closes the session. */
   deviceChanged (deviceId: string, change: DeviceChange): Promise<void>
+  /** True when the device's session listens for commands now, so a new one can go out as it is stored. */
+  commandsListening (deviceId: string): boolean
+  /** A command was stored: publish it (stored as sent) or deliver what its device has queued. */
+  commandCreated (row: CommandRow): Promise<void>
   /** Publish as the platform (a service login when remote). */
   publish (topic: string, payload: Buffer, opts: { qos: 0 | 1, retain: boolean }): Promise<void>
   /** Store telemetry rows durably; resolves once committed. */

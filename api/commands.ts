@@ -67,13 +67,13 @@ export const commandRoutes = (ctx: ApiContext): FastifyPluginAsyncTypebox => asy
   }, async (request, reply) => {
     const id = request.params.id
     const t = now()
-    const row = await store.create({ deviceId: id, name: request.body.name, params: request.body.params ?? {}, now: t, expiresAt: t + (request.body.ttlMs ?? COMMAND_TTL_DEFAULT_MS) })
+    const row = await store.create({ deviceId: id, name: request.body.name, params: request.body.params ?? {}, now: t, expiresAt: t + (request.body.ttlMs ?? COMMAND_TTL_DEFAULT_MS), send: broker.commandsListening(id) })
     if (row === undefined) throw new RoostError('DEVICE_NOT_FOUND', { id })
     ctx.events.command(row)
     const waitMs = request.body.waitMs ?? 0
     // listen before delivering, so a fast answer is not missed
     const answer = waitMs > 0 ? finished(row, waitMs) : undefined
-    await broker.deviceChanged(id, 'commands')
+    await broker.commandCreated(row)
     const latest = answer !== undefined ? await answer : (await getCommand(db, id, row.id)) ?? row
     return reply.status(201).send(view(latest))
   })

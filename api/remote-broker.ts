@@ -12,7 +12,7 @@ import { parseTopic, topicMatchesFilter } from '../schemas/topics.ts'
 import type { BrokerPort, DeviceChange } from './broker-port.ts'
 import { CommandCenter } from '../broker/topics/commands.ts'
 import { getCommand } from '../db/commands.ts'
-import { FINAL_STATUSES } from '../schemas/db/commands.ts'
+import { FINAL_STATUSES, type CommandRow } from '../schemas/db/commands.ts'
 
 export async function connectRemoteBroker (opts: { url: string, serviceToken: string, db: Database, log: Logger }): Promise<BrokerPort> {
   const { log } = opts
@@ -57,6 +57,12 @@ export async function connectRemoteBroker (opts: { url: string, serviceToken: st
     isOnline: id => online.has(id),
     async deviceChanged (deviceId: string, change: DeviceChange) {
       await client.publishAsync(`roost/control/devices/${deviceId}`, JSON.stringify({ change }), { qos: 1 })
+    },
+    // this process cannot order its publishes with the broker's own deliveries: every command queues,
+    // and the broker delivers it
+    commandsListening: () => false,
+    async commandCreated (row: CommandRow) {
+      await client.publishAsync(`roost/control/devices/${row.deviceId}`, JSON.stringify({ change: 'commands' }), { qos: 1 })
     },
     async publish (topic, payload, o) {
       await client.publishAsync(topic, payload, { qos: o.qos, retain: o.retain })

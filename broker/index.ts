@@ -74,6 +74,8 @@ export interface Broker {
   publish (topic: string, payload: Buffer | string, opts?: PlatformPublish): Promise<void>
   /** A device was changed through the API: forget cached credentials, and cut its session on rotate/delete. */
   deviceChanged (deviceId: string, change: DeviceChange): Promise<void>
+  /** True when the device's current session has subscribed to its commands and had its first delivery. */
+  commandsListening (deviceId: string): boolean
   close (): Promise<void>
 }
 
@@ -494,6 +496,11 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     void commands.deliver(id, resend)
   }
 
+  function commandsListening (deviceId: string): boolean {
+    const client = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients[deviceId]
+    return client !== undefined && (client as RoostClient)[SESSION]?.commandsDelivered === true
+  }
+
   // Aedes sets each subscription's qos to the granted code, 128 for a refused one (its typings say 0–2)
   aedes.on('subscribe', (subs, client) => deliverCommandsOnSubscription(client, subs.filter(s => (s.qos as number) !== 128).map(s => s.topic)))
   aedes.on('clientReady', client => deviceSession(client, true))
@@ -655,5 +662,5 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     await lastSeen.stop()
   }
 
-  return { aedes, presence, committer, commands, handle, listen, publish: platformPublish, deviceChanged, close }
+  return { aedes, presence, committer, commands, handle, listen, publish: platformPublish, deviceChanged, commandsListening, close }
 }

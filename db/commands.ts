@@ -139,7 +139,7 @@ async function finishOpen (db: Database, items: ReadonlyArray<{ deviceId: string
  * devices answering at once cost three statements, not a few hundred. One store per database.
  */
 export class CommandStore {
-  private readonly creates: Batcher<NewCommand & { id: string }, CommandRow | undefined>
+  private readonly creates: Batcher<NewCommand & { id: string, send?: boolean }, CommandRow | undefined>
   private readonly claims: Batcher<{ deviceId: string, resend: boolean, now: number }, CommandRow[]>
   private readonly finishes: Batcher<{ deviceId: string, id: string, outcome: CommandOutcome, now: number }, FinishResult>
 
@@ -147,14 +147,26 @@ export class CommandStore {
     // as telemetry ingest: statements overlap on a server database, not on the embedded one
     const concurrency = db.kind === 'postgres' ? 3 : 1
     this.creates = new Batcher(async items => {
-      // the join drops commands for devices that do not exist
+      // Behind a command of the same device in this batch that has to queue, a later one queues too: the
+      // statement below cannot see rows it inserts itself.
+      const queues = new Set(items.filter(i => i.send !== true).map(i => i.deviceId))
+      // The join drops commands for devices that do not exist. A command whose device is listening goes in
+      // as sent (saving the UPDATE that would claim it) unless a queued one of that device is still open:
+      // then it queues behind it, and `deliver` sends both in order.
       const rows = await db.query<RawCommand>(
-        `INSERT INTO commands (id, device_id, name, params, status, created_at, expires_at)
-         SELECT x.id, x.device_id, x.name, x.params, 'queued', x.created_at, x.expires_at
-           FROM jsonb_to_recordset($1::jsonb) AS x(id text, device_id text, name text, params jsonb, created_at bigint, expires_at bigint)
+        `INSERT INTO commands (id, device_id, name, params, status, created_at, expires_at, sent_at)
+         SELECT x.id, x.device_id, x.name, x.params, s.status, x.created_at, x.expires_at,
+                CASE WHEN s.status = 'sent' THEN x.created_at END
+           FROM jsonb_to_recordset($1::jsonb) AS x(id text, device_id text, name text, params jsonb, created_at bigint, expires_at bigint, send boolean)
            JOIN devices d ON d.id = x.device_id
+           CROSS JOIN LATERAL (SELECT CASE WHEN x.send AND NOT EXISTS (
+               SELECT 1 FROM commands o WHERE o.device_id = x.device_id AND o.status = 'queued' AND o.expires_at > x.created_at)
+             THEN 'sent' ELSE 'queued' END AS status) s
          RETURNING *`,
-        [JSON.stringify(items.map(i => ({ id: i.id, device_id: i.deviceId, name: i.name, params: i.params, created_at: i.now, expires_at: i.expiresAt })))])
+        [JSON.stringify(items.map(i => ({
+          id: i.id, device_id: i.deviceId, name: i.name, params: i.params, created_at: i.now, expires_at: i.expiresAt,
+          send: i.send === true && !queues.has(i.deviceId),
+        })))])
       const byId = new Map(rows.map(r => [r.id, fromRaw(r)]))
       return items.map(i => byId.get(i.id))
     }, concurrency)
@@ -193,8 +205,12 @@ export class CommandStore {
     }, concurrency)
   }
 
-  /** Stores a queued command; undefined when the device does not exist. */
-  create (c: NewCommand): Promise<CommandRow | undefined> {
+  /**
+   * Stores a command; undefined when the device does not exist. With `send` (its device is listening for
+   * commands now) it is stored as sent when nothing of that device is queued before it, and the caller
+   * publishes it; otherwise it is queued.
+   */
+  create (c: NewCommand & { readonly send?: boolean }): Promise<CommandRow | undefined> {
     return this.creates.submit({ ...c, id: newCommandId(c.now) })
   }
 

@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { PGlite } from '@electric-sql/pglite'
 import postgres from 'postgres'
+import { preparedQuery } from './pglite-statements.ts'
 import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core'
 import { drizzle as drizzlePglite } from 'drizzle-orm/pglite'
 import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator'
@@ -32,7 +33,8 @@ export interface Database {
   readonly kind: 'pglite' | 'postgres'
   // drizzle for everything that is not a hot path
   readonly orm: Orm
-  // one raw statement with positional parameters; used where one hand-written statement beats several
+  // one raw statement with positional parameters; used where one hand-written statement beats several.
+  // Prepared once per text on both databases (db/pglite-statements.ts; postgres.js by default).
   query<T = Record<string, unknown>>(text: string, params?: readonly unknown[]): Promise<T[]>
   /**
    * Embedded database only: in one transaction, COPY tab-separated `rows` text into `copy` (a
@@ -71,13 +73,11 @@ async function openPglite (dataDir: string): Promise<Database> {
   mkdirSync(dir, { recursive: true })
   const client = await PGlite.create({ dataDir: dir })
   const orm = drizzlePglite({ client, schema }) as unknown as Orm
+  const prepared = preparedQuery(client)
   return {
     kind: 'pglite',
     orm,
-    async query<T> (text: string, params: readonly unknown[] = []) {
-      const result = await client.query<T>(text, params as unknown[])
-      return result.rows
-    },
+    query: async <T>(text: string, params: readonly unknown[] = []) => await prepared<T>(text, params),
     async copyThen (copy: string, rows: string, then: ReadonlyArray<readonly [string, readonly unknown[]]>) {
       await client.transaction(async tx => {
         await tx.query(copy, [], { blob: new Blob([rows]) })

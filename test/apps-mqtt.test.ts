@@ -100,8 +100,10 @@ describe('apps over MQTT', () => {
     const benApp = await app(ben.accessToken)
     await annApp.subscribeAsync('devices/+/telemetry', { qos: 1 })
     await benApp.subscribeAsync('devices/+/telemetry', { qos: 1 })
+    // listen first: the message can reach the app before mosquitto_pub has exited
+    const annGot = nextMessage(annApp, t => t === 'devices/ann-fan/telemetry')
     await devicePublish(r, 'ann-fan', tokens['ann-fan'] as string, { rpm: 1 })
-    await nextMessage(annApp, t => t === 'devices/ann-fan/telemetry')
+    await annGot
     expect((await r.request('PATCH', '/v1/devices/ann-fan', { ownerId: ben.userId })).status).toBe(200)
     const annSeen = collect(annApp)
     const benGot = nextMessage(benApp, t => t === 'devices/ann-fan/telemetry')

@@ -48,16 +48,31 @@ export class CommandCenter extends EventEmitter<{ finished: [CommandRow] }> {
    * One device's deliveries run one after another, so order holds.
    */
   deliver (deviceId: string, resend: boolean): Promise<void> {
-    const step = async (): Promise<void> => {
-      if (!this.deps.isOnline(deviceId)) return
-      const now = this.deps.now()
-      const rows = await this.store.claimDeliverable(deviceId, resend, now)
-      for (const row of rows) {
-        const message: CommandMessage = { name: row.name, params: row.params, expiresAt: row.expiresAt }
-        await this.deps.publish(deviceTopic(deviceId, 'commands', row.id), Buffer.from(JSON.stringify(message)), { qos: 1, retain: false })
-      }
-    }
-    const next = (this.chains.get(deviceId) ?? Promise.resolve()).then(step).catch((err: unknown) => {
+    return this.inOrder(deviceId, async () => {
+      for (const row of await this.store.claimDeliverable(deviceId, resend, this.deps.now())) await this.send(row)
+    })
+  }
+
+  /**
+   * A command just stored. One stored as already sent (its device was listening, with nothing queued
+   * before it; see CommandStore.create) goes out now, behind whatever is still going out to its device;
+   * a queued one goes out through `deliver`.
+   */
+  created (row: CommandRow): Promise<void> {
+    if (row.status !== 'sent') return this.deliver(row.deviceId, false)
+    return this.inOrder(row.deviceId, async () => { await this.send(row) })
+  }
+
+  private async send (row: CommandRow): Promise<void> {
+    const message: CommandMessage = { name: row.name, params: row.params, expiresAt: row.expiresAt }
+    await this.deps.publish(deviceTopic(row.deviceId, 'commands', row.id), Buffer.from(JSON.stringify(message)), { qos: 1, retain: false })
+  }
+
+  /** Runs one device's deliveries one after another, so its commands go out in order; only while it is online. */
+  private inOrder (deviceId: string, step: () => Promise<void>): Promise<void> {
+    const next = (this.chains.get(deviceId) ?? Promise.resolve()).then(async () => {
+      if (this.deps.isOnline(deviceId)) await step()
+    }).catch((err: unknown) => {
       // the commands stay open in the database and go out at the device's next connect
       this.deps.log.warn({ err, deviceId }, 'command delivery failed')
     })
