@@ -12,7 +12,7 @@ import { buildBroker, type Broker } from './broker/index.ts'
 import type { BrokerPort } from './api/broker-port.ts'
 import { LoginGuard } from './api/lockout.ts'
 import { userAuthFor } from './api/user-auth.ts'
-import type { Bridge } from './bridge/index.ts'
+import type { Bridge, BrokerLink } from './bridge/index.ts'
 
 export type Part = 'broker' | 'api' | 'bridge'
 
@@ -24,6 +24,32 @@ export interface Platform {
   readonly bridge: Bridge | undefined
   readonly ports: { readonly mqtt?: number, readonly mqtts?: number, readonly http?: number }
   close (): Promise<void>
+}
+
+/** Hears every message on `filter` as the platform, straight from the broker; resolves with an unsubscribe. */
+async function subscribeInProcess (broker: Broker, filter: string, handler: (topic: string, payload: Buffer) => void): Promise<() => void> {
+  const listener = (packet: { topic: string, payload: Buffer | string }, cb: () => void): void => {
+    handler(packet.topic, typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload)
+    cb()
+  }
+  await new Promise<void>(resolve => broker.aedes.subscribe(filter, listener as never, () => resolve()))
+  return () => broker.aedes.unsubscribe(filter, listener as never, () => {})
+}
+
+/** The broker as the voice bridge sees it when both run in one process: no MQTT login, no loopback hop. */
+function inProcessBridgeLink (broker: Broker, log: Logger): BrokerLink {
+  const unsubscribes: Array<() => void> = []
+  return {
+    publish (topic, payload, qos) {
+      broker.publish(topic, payload, { qos, retain: false }).catch((err: unknown) => {
+        log.debug({ err: (err as Error).message, topic }, 'bridge publish failed')
+      })
+    },
+    async subscribe (filters, handler) {
+      for (const filter of Object.keys(filters)) unsubscribes.push(await subscribeInProcess(broker, filter, handler))
+    },
+    async close () { for (const u of unsubscribes.splice(0)) u() },
+  }
 }
 
 /** The broker as the API sees it when both run in one process. */
@@ -41,14 +67,7 @@ export function localBrokerPort (broker: Broker): BrokerPort {
       broker.commands.on('finished', listener)
       return () => { broker.commands.off('finished', listener) }
     },
-    subscribe: async (filter, handler) => {
-      const listener = (packet: { topic: string, payload: Buffer | string }, cb: () => void): void => {
-        handler(packet.topic, typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload)
-        cb()
-      }
-      await new Promise<void>(resolve => broker.aedes.subscribe(filter, listener as never, () => resolve()))
-      return () => broker.aedes.unsubscribe(filter, listener as never, () => {})
-    },
+    subscribe: (filter, handler) => subscribeInProcess(broker, filter, handler),
     healthy: () => !broker.aedes.closed,
     close: async () => {},
   }
@@ -95,10 +114,12 @@ export async function startPlatform (config: Config, log: Logger, parts: readonl
         log.info('voice off: OPENAI_API_KEY is not set')
       } else {
         const { startBridge } = await import('./bridge/index.ts')
-        // in one process the bridge logs in to this broker over loopback like any service
+        // in one process the bridge uses this broker directly; alone, it logs in to the one at ROOST_BROKER_URL
         const host = config.broker.host === '0.0.0.0' || config.broker.host === '::' ? '127.0.0.1' : config.broker.host
         const brokerUrl = ports.mqtt !== undefined ? `mqtt://${host.includes(':') ? `[${host}]` : host}:${ports.mqtt}` : config.broker.url
-        bridge = await startBridge(config, log.child({ part: 'bridge' }), { brokerUrl, db, registry })
+        const bridgeLog = log.child({ part: 'bridge' })
+        const link = broker !== undefined ? inProcessBridgeLink(broker, bridgeLog) : undefined
+        bridge = await startBridge(config, bridgeLog, { brokerUrl, link, db, registry })
       }
     }
   } catch (err) {

@@ -22,8 +22,22 @@ import { newSessionId, VoiceSession, type EndReason } from './session.ts'
 // MQTT.js's default; a voice bridge should be back as soon as the broker is
 const RECONNECT_MS = 1000
 
+/**
+ * How the bridge reaches the broker. `roost bridge` alone logs in over MQTT as a service; inside `roost
+ * start` it uses the broker's own publish and subscribe (platform.ts), which spares every audio frame a
+ * loopback hop each way: two MQTT encodes, two parses and two socket writes in the same event loop.
+ */
+export interface BrokerLink {
+  publish (topic: string, payload: Buffer | string, qos: 0 | 1): void
+  /** Hears every message on the filters; resolves once they are in place. */
+  subscribe (filters: Readonly<Record<string, 0 | 1>>, handler: (topic: string, payload: Buffer) => void): Promise<void>
+  close (): Promise<void>
+}
+
 export interface BridgeOptions {
+  // where a link of its own logs in, when `link` is not given
   readonly brokerUrl: string
+  readonly link?: BrokerLink
   // settings, budgets, leases and history; without it every device gets the defaults and nothing is kept
   readonly db?: Database
   // the Realtime transport; tests and other upstreams pass their own
@@ -60,26 +74,8 @@ export async function startBridge (config: Config, log: Logger, opts: BridgeOpti
     ? undefined
     : openLedger(opts.db, { model: config.openai.realtimeModel, log, leaseMs: opts.leaseMs, onLeaseLost: id => endSession(id, 'lease_lost') })
 
-  const client: MqttClient = await mqtt.connectAsync(opts.brokerUrl, {
-    username: 'service:bridge',
-    password: config.auth.serviceToken,
-    clientId: 'roost-bridge-' + randomBytes(6).toString('hex'),
-    reconnectPeriod: RECONNECT_MS,
-    // sessions are in memory: after a reconnect devices say hello again, so nothing is worth resuming
-    clean: true,
-  })
-  // audio frames are small and latency-bound: Nagle would hold each behind the previous one's ACK
-  const noDelay = (): void => { (client.stream as Partial<Socket>).setNoDelay?.(true) }
-  noDelay()
-  client.on('connect', noDelay)
-  client.on('error', err => log.warn({ err: err.message }, 'bridge broker link error'))
-
-  const publish = (topic: string, payload: Buffer | string, qos: 0 | 1): void => {
-    client.publish(topic, payload, { qos }, err => {
-      // MQTT.js calls back with null (not undefined) on success
-      if (err instanceof Error && !closing) log.debug({ err: err.message, topic }, 'bridge publish failed')
-    })
-  }
+  const link = opts.link ?? await mqttLink(opts.brokerUrl, config.auth.serviceToken, log, () => closing)
+  const publish = (topic: string, payload: Buffer | string, qos: 0 | 1): void => link.publish(topic, payload, qos)
   const event = (deviceId: string, e: BridgeEvent): void => publish(`devices/${deviceId}/audio/events`, JSON.stringify(e), 1)
   const refuse = (deviceId: string, code: ErrorCode, params: Record<string, string | number> = {}): void =>
     event(deviceId, { type: 'error', code, message: errorMessage(code, params) })
@@ -158,8 +154,12 @@ export async function startBridge (config: Config, log: Logger, opts: BridgeOpti
     session.control(msg, at)
   }
 
-  client.on('message', (topic, payload) => {
-    // the earliest the bridge can time a message: MQTT.js has just parsed the packet
+  await link.subscribe({
+    'devices/+/audio/ctl': 1,
+    'devices/+/audio/up': 0,
+    'devices/+/presence': 1,
+  }, (topic, payload) => {
+    // the earliest the bridge can time a message: it has just been parsed
     const at = performance.now()
     if (closing) return
     const parsed = parseTopic(topic)
@@ -172,13 +172,8 @@ export async function startBridge (config: Config, log: Logger, opts: BridgeOpti
         if (!isOnline(payload)) { endSession(parsed.deviceId, 'offline'); elsewhere.delete(parsed.deviceId) }
     }
   })
-  await client.subscribeAsync({
-    'devices/+/audio/ctl': { qos: 1 },
-    'devices/+/audio/up': { qos: 0 },
-    'devices/+/presence': { qos: 1 },
-  })
   const owner = gate?.owner
-  log.info({ broker: opts.brokerUrl, model: config.openai.realtimeModel, owner }, 'voice bridge ready')
+  log.info({ broker: opts.link === undefined ? opts.brokerUrl : 'in process', model: config.openai.realtimeModel, owner }, 'voice bridge ready')
 
   return {
     sessions,
@@ -188,8 +183,38 @@ export async function startBridge (config: Config, log: Logger, opts: BridgeOpti
       // each session's last event (state idle) is published, and its lease released, before the link closes
       for (const s of [...sessions.values()]) s.end('shutdown')
       await gate?.close()
-      await client.endAsync(false).catch(() => {})
+      await link.close().catch(() => {})
     },
+  }
+}
+
+/** The bridge's own MQTT login as `service:bridge`, for a bridge in a process of its own. */
+async function mqttLink (brokerUrl: string, serviceToken: string | undefined, log: Logger, closing: () => boolean): Promise<BrokerLink> {
+  const client: MqttClient = await mqtt.connectAsync(brokerUrl, {
+    username: 'service:bridge',
+    password: serviceToken,
+    clientId: 'roost-bridge-' + randomBytes(6).toString('hex'),
+    reconnectPeriod: RECONNECT_MS,
+    // sessions are in memory: after a reconnect devices say hello again, so nothing is worth resuming
+    clean: true,
+  })
+  // audio frames are small and latency-bound: Nagle would hold each behind the previous one's ACK
+  const noDelay = (): void => { (client.stream as Partial<Socket>).setNoDelay?.(true) }
+  noDelay()
+  client.on('connect', noDelay)
+  client.on('error', err => log.warn({ err: err.message }, 'bridge broker link error'))
+  return {
+    publish (topic, payload, qos) {
+      client.publish(topic, payload, { qos }, err => {
+        // MQTT.js calls back with null (not undefined) on success
+        if (err instanceof Error && !closing()) log.debug({ err: err.message, topic }, 'bridge publish failed')
+      })
+    },
+    async subscribe (filters, handler) {
+      client.on('message', handler)
+      await client.subscribeAsync(Object.fromEntries(Object.entries(filters).map(([f, qos]) => [f, { qos }])))
+    },
+    async close () { await client.endAsync(false) },
   }
 }
 

@@ -79,6 +79,17 @@ export interface Broker {
   close (): Promise<void>
 }
 
+// Aedes drops, as a duplicate, a message numbered below the last one a client got from the same broker: a
+// guard for clusters, where one message can arrive by two brokers. It numbers a publish when the publish
+// starts, and a QoS 1 publish passes the session store before it is routed, so a QoS 0 publish made just
+// after it overtakes it, and the QoS 1 message (a voice state event, a caption, presence) was dropped for
+// that client. Roost is one broker, where nothing arrives twice: no client remembers the numbers.
+const NOTHING_REMEMBERED: object = new Proxy(Object.create(null) as object, {
+  get: () => undefined,
+  set: () => true,
+  deleteProperty: () => true,
+})
+
 // A publish the ACL or its family refused: Aedes still acknowledges it (MQTT 3.1.1 has no negative
 // PUBACK), and the broker's publish below drops it instead of relaying it.
 const REFUSED = Symbol('roost.refused')
@@ -193,6 +204,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     }
     const c = client as RoostClient
     c[CONNECT_FACTS] = { clientId: packet.clientId ?? '', clean: packet.clean !== false, willTopic: packet.will?.topic }
+    ;(client as unknown as { duplicates: object }).duplicates = NOTHING_REMEMBERED
     done(null, true)
   }
 
