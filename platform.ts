@@ -13,6 +13,7 @@ import type { BrokerPort } from './api/broker-port.ts'
 import { LoginGuard } from './api/lockout.ts'
 import { userAuthFor } from './api/user-auth.ts'
 import type { Bridge, BrokerLink } from './bridge/index.ts'
+import { serveBridgeOps, type OpsServer } from './bridge/ops-server.ts'
 
 export type Part = 'broker' | 'api' | 'bridge'
 
@@ -48,6 +49,7 @@ function inProcessBridgeLink (broker: Broker, log: Logger): BrokerLink {
     async subscribe (filters, handler) {
       for (const filter of Object.keys(filters)) unsubscribes.push(await subscribeInProcess(broker, filter, handler))
     },
+    connected: () => !broker.aedes.closed,
     async close () { for (const u of unsubscribes.splice(0)) u() },
   }
 }
@@ -84,6 +86,7 @@ export async function startPlatform (config: Config, log: Logger, parts: readonl
   let api: FastifyInstance | undefined
   let port: BrokerPort | undefined
   let bridge: Bridge | undefined
+  let ops: OpsServer | undefined
   const ports: { mqtt?: number, mqtts?: number, http?: number } = {}
   try {
     // one credential service and one login guard for both parts: a revoked key closes MQTT connections
@@ -120,9 +123,17 @@ export async function startPlatform (config: Config, log: Logger, parts: readonl
         const bridgeLog = log.child({ part: 'bridge' })
         const link = broker !== undefined ? inProcessBridgeLink(broker, bridgeLog) : undefined
         bridge = await startBridge(config, bridgeLog, { brokerUrl, link, db, registry })
+        if (api === undefined) {
+          // alone, the bridge serves its own /metrics and /health where the API would
+          const started = bridge
+          ops = await serveBridgeOps({ registry, adminToken: config.auth.adminToken, port: config.http.port, host: config.http.host, healthy: () => started.healthy() })
+          ports.http = ops.port
+          bridgeLog.info({ port: ops.port }, 'bridge metrics at /metrics')
+        }
       }
     }
   } catch (err) {
+    await ops?.close().catch(() => {})
     await bridge?.close().catch(() => {})
     await api?.close().catch(() => {})
     await broker?.close().catch(() => {})
@@ -141,6 +152,7 @@ export async function startPlatform (config: Config, log: Logger, parts: readonl
     ports,
     async close () {
       // stop taking requests, then stop the broker (which drains pending telemetry), then the database
+      await ops?.close()
       await bridge?.close()
       await api?.close()
       await port?.close()

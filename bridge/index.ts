@@ -31,6 +31,7 @@ export interface BrokerLink {
   publish (topic: string, payload: Buffer | string, qos: 0 | 1): void
   /** Hears every message on the filters; resolves once they are in place. */
   subscribe (filters: Readonly<Record<string, 0 | 1>>, handler: (topic: string, payload: Buffer) => void): Promise<void>
+  connected (): boolean
   close (): Promise<void>
 }
 
@@ -51,6 +52,8 @@ export interface Bridge {
   readonly sessions: ReadonlyMap<string, VoiceSession>
   // the lease owner name of this instance (undefined without a database)
   readonly owner: string | undefined
+  // its link to the broker is up
+  healthy (): boolean
   close (): Promise<void>
 }
 
@@ -178,6 +181,7 @@ export async function startBridge (config: Config, log: Logger, opts: BridgeOpti
   return {
     sessions,
     owner,
+    healthy: () => link.connected(),
     async close () {
       closing = true
       // each session's last event (state idle) is published, and its lease released, before the link closes
@@ -214,6 +218,7 @@ async function mqttLink (brokerUrl: string, serviceToken: string | undefined, lo
       client.on('message', handler)
       await client.subscribeAsync(Object.fromEntries(Object.entries(filters).map(([f, qos]) => [f, { qos }])))
     },
+    connected: () => client.connected,
     async close () { await client.endAsync(false) },
   }
 }
