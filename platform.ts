@@ -118,11 +118,9 @@ export async function startPlatform (config: Config, log: Logger, parts: readonl
       } else {
         const { startBridge } = await import('./bridge/index.ts')
         // in one process the bridge uses this broker directly; alone, it logs in to the one at ROOST_BROKER_URL
-        const host = config.broker.host === '0.0.0.0' || config.broker.host === '::' ? '127.0.0.1' : config.broker.host
-        const brokerUrl = ports.mqtt !== undefined ? `mqtt://${host.includes(':') ? `[${host}]` : host}:${ports.mqtt}` : config.broker.url
         const bridgeLog = log.child({ part: 'bridge' })
         const link = broker !== undefined ? inProcessBridgeLink(broker, bridgeLog) : undefined
-        bridge = await startBridge(config, bridgeLog, { brokerUrl, link, db, registry })
+        bridge = await startBridge(config, bridgeLog, { brokerUrl: config.broker.url, link, db, registry })
         if (api === undefined) {
           // alone, the bridge serves its own /metrics and /health where the API would
           const started = bridge

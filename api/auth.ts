@@ -45,7 +45,11 @@ export function authErrors (rule: AuthRule): ErrorCode[] {
 }
 
 export function bearerToken (request: FastifyRequest): string | undefined {
-  const header = request.headers.authorization
+  return bearerOf(request.headers.authorization)
+}
+
+/** The token of an `Authorization: Bearer …` header, or undefined when there is none. */
+export function bearerOf (header: string | undefined): string | undefined {
   if (header === undefined) return undefined
   const m = /^Bearer\s+(\S+)\s*$/i.exec(header)
   return m?.[1]

@@ -53,17 +53,17 @@ export async function connectRemoteBroker (opts: { url: string, serviceToken: st
   center.start() // expiries, for waiters of this process
   const target = new URL(opts.url)
 
+  const deviceChanged = async (deviceId: string, change: DeviceChange): Promise<void> => {
+    await client.publishAsync(`roost/control/devices/${deviceId}`, JSON.stringify({ change }), { qos: 1 })
+  }
+
   return {
     isOnline: id => online.has(id),
-    async deviceChanged (deviceId: string, change: DeviceChange) {
-      await client.publishAsync(`roost/control/devices/${deviceId}`, JSON.stringify({ change }), { qos: 1 })
-    },
+    deviceChanged,
     // this process cannot order its publishes with the broker's own deliveries: every command queues,
     // and the broker delivers it
     commandsListening: () => false,
-    async commandCreated (row: CommandRow) {
-      await client.publishAsync(`roost/control/devices/${row.deviceId}`, JSON.stringify({ change: 'commands' }), { qos: 1 })
-    },
+    commandCreated: (row: CommandRow) => deviceChanged(row.deviceId, 'commands'),
     async publish (topic, payload, o) {
       await client.publishAsync(topic, payload, { qos: o.qos, retain: o.retain })
     },

@@ -5,6 +5,7 @@
 import { createServer, type Server } from 'node:http'
 import type { Registry } from 'prom-client'
 import { secretEquals } from '../broker/identity.ts'
+import { bearerOf } from '../api/auth.ts'
 import { errorMessage, ERRORS, type ErrorCode } from '../schemas/errors.ts'
 
 export interface OpsServer {
@@ -28,10 +29,10 @@ export async function serveBridgeOps (opts: { registry: Registry, adminToken: st
       return
     }
     if (req.method !== 'GET' || path !== '/metrics') return fail('ROUTE_NOT_FOUND', { method: req.method ?? '', url: path })
-    const auth = req.headers.authorization
-    if (auth === undefined) return fail('AUTH_REQUIRED')
-    const token = /^Bearer (.+)$/.exec(auth)?.[1]
-    if (token === undefined || opts.adminToken === undefined || !secretEquals(token, opts.adminToken)) return fail('AUTH_INVALID')
+    // read as the API reads it (api/auth.ts)
+    const token = bearerOf(req.headers.authorization)
+    if (token === undefined) return fail('AUTH_REQUIRED')
+    if (opts.adminToken === undefined || !secretEquals(token, opts.adminToken)) return fail('AUTH_INVALID')
     opts.registry.metrics().then(text => {
       res.writeHead(200, { 'content-type': opts.registry.contentType })
       res.end(text)

@@ -508,8 +508,13 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     void commands.deliver(id, resend)
   }
 
+  /** The connected session of a client id, if any (Aedes keeps them by id; its typings do not say so). */
+  function clientOf (clientId: string): Client | undefined {
+    return (aedes as unknown as { clients: Record<string, Client | undefined> }).clients[clientId]
+  }
+
   function commandsListening (deviceId: string): boolean {
-    const client = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients[deviceId]
+    const client = clientOf(deviceId)
     return client !== undefined && (client as RoostClient)[SESSION]?.commandsDelivered === true
   }
 
@@ -548,7 +553,7 @@ export function buildBroker (config: Config, deps: BrokerDeps): Broker {
     if (change === 'owner') return
     credentials.forget(deviceId)
     if (change === 'changed') return
-    const client = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients[deviceId]
+    const client = clientOf(deviceId)
     if (client !== undefined) {
       log.info({ deviceId, change }, 'closing the device session')
       await new Promise<void>(resolve => client.close(() => resolve()))

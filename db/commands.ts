@@ -136,7 +136,7 @@ async function finishOpen (db: Database, items: ReadonlyArray<{ deviceId: string
 
 /**
  * The command calls of the REST API and the broker, micro-batched (db/batch.ts) in raw SQL: a hundred
- * devices answering at once cost three statements, not a few hundred. One store per database.
+ * devices sending and answering at once cost a statement per step, not a few hundred. One store per database.
  */
 export class CommandStore {
   private readonly creates: Batcher<NewCommand & { id: string, send?: boolean }, CommandRow | undefined>

@@ -1,8 +1,8 @@
 // Prepared statements for the embedded database. PGlite's query() runs each call as five protocol steps
 // (parse, describe, bind, describe, execute), each a trip into the wasm Postgres, and plans the statement
 // afresh every time. Here a statement is parsed and described once per text; each later call is a single
-// Bind/Execute/Sync trip on the kept statement. On the command path's one-row statements that costs
-// 0.48 ms instead of 1.1 ms. postgres.js already prepares every statement on a server, so this is PGlite's
+// Bind/Execute/Sync trip on the kept statement. A one-row command insert through db.query costs
+// 0.38 ms instead of 1.16 ms. postgres.js already prepares every statement on a server, so this is PGlite's
 // half of the same behaviour. Messages are serialized with node-postgres' pg-protocol.
 
 import type { PGlite } from '@electric-sql/pglite'
