@@ -7,6 +7,7 @@ import { readSecrets, resolveSecrets } from './secrets.ts'
 import { startPlatform, type Part } from './platform.ts'
 import { openDatabase } from './db/open.ts'
 import { createDevice } from './db/devices.ts'
+import { cpuBudget, gcMode, LAUNCHER_ENV } from './bin/launcher.mjs'
 
 const USAGE = `usage:
   roost start [--flag value ...]       broker, API and (with OPENAI_API_KEY) the voice bridge on the embedded database (or DATABASE_URL)
@@ -59,7 +60,7 @@ async function serve (argv: readonly string[], parts: Part[]): Promise<number> {
       '',
     ].join('\n') + '\n')
   }
-  log.info({ mqtt, mqtts: platform.ports.mqtts, http, docs: http === undefined ? undefined : `http://localhost:${http}/docs` }, 'roost is ready')
+  log.info({ mqtt, mqtts: platform.ports.mqtts, http, docs: http === undefined ? undefined : `http://localhost:${http}/docs`, cpus: cpuBudget(), gc: gcMode() }, 'roost is ready')
   let stopping = false
   const stop = (signal: string): void => {
     if (stopping) return
@@ -69,6 +70,12 @@ async function serve (argv: readonly string[], parts: Part[]): Promise<number> {
   }
   process.on('SIGINT', () => stop('SIGINT'))
   process.on('SIGTERM', () => stop('SIGTERM'))
+  if (process.env[LAUNCHER_ENV] !== undefined && process.send !== undefined) {
+    // started again by bin/roost.mjs with the flags for one CPU: stop with the launcher, however it ends
+    process.channel?.unref()
+    process.once('disconnect', () => stop('launcher exited'))
+    if (!process.connected) stop('launcher exited')
+  }
   return await new Promise<number>(() => {}) // runs until a signal
 }
 

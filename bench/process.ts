@@ -6,6 +6,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { cpus } from 'node:os'
 import { monitorEventLoopDelay, performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
+import { missingNodeFlags } from '../bin/launcher.mjs'
 
 /** A request from the orchestrator to a child, and the child's answer. */
 export interface Request { readonly id: number, readonly op: string, readonly arg?: unknown }
@@ -81,9 +82,12 @@ export class NodeChild {
   /** Starts `bench/<script>` under tsx and resolves with the child and its hello once it is ready. */
   static async start<H> (script: string, opts: { name: string, core?: string | undefined, fdLimit?: number, env?: Readonly<Record<string, string>>, nodeArgs?: readonly string[] }): Promise<{ child: NodeChild, hello: H }> {
     const path = fileURLToPath(new URL(script, import.meta.url))
+    // pinned to one core, a Node child gets the flags `roost` itself takes on one CPU (bin/launcher.mjs), so
+    // Roost, bare Aedes and the load generator all run as they would there
+    const pinned = opts.core === undefined ? [] : missingNodeFlags(opts.core.split(',').length, opts.nodeArgs ?? [])
     const proc = spawnWrapped({
       command: process.execPath,
-      args: [...TSX_IMPORT, ...(opts.nodeArgs ?? []), path],
+      args: [...TSX_IMPORT, ...pinned, ...(opts.nodeArgs ?? []), path],
       core: opts.core,
       ...(opts.fdLimit !== undefined ? { fdLimit: opts.fdLimit } : {}),
       ...(opts.env !== undefined ? { env: opts.env } : {}),

@@ -9,6 +9,7 @@ import { voiceBenchmark } from './voice.ts'
 import { loadSettings, usage, type BenchName, type Settings } from './settings.ts'
 import { machine, printReport, writeResults, type BenchReport } from './report.ts'
 import { cleanUpAll } from './process.ts'
+import { ONE_CPU_NODE_FLAGS } from '../bin/launcher.mjs'
 
 const RUNNERS: Record<BenchName, (s: Settings) => Promise<BenchReport>> = {
   relay: relayBenchmark,
@@ -43,7 +44,7 @@ try {
 
 const p = settings.placement
 console.log(`roost bench: ${settings.benchmarks.join(', ')}; ${settings.measureMs / 1000} s measured after ${settings.warmupMs / 1000} s warm-up, ${settings.runs} run(s); ` +
-  (p.broker === undefined ? 'no core pinning (fewer than two cores or no taskset)' : `broker on core ${p.broker}, load generator on core ${p.load}`))
+  (p.broker === undefined ? 'no core pinning (fewer than two cores or no taskset)' : `broker on core ${p.broker}, load generator on core ${p.load}; Node processes pinned to one core run with ${ONE_CPU_NODE_FLAGS.join(' ')}, as roost does on one CPU`))
 const start = machine()
 if ((start.loadavg as number[])[0] as number > 0.5) console.log(`  note: load average ${(start.loadavg as number[]).map(x => x.toFixed(2)).join(' ')} — other work on this machine makes figures noisy`)
 

@@ -33,7 +33,9 @@ async function startRoostProcess (env: Record<string, string>): Promise<RoostPro
   const [mqttPort, httpPort] = [await freePort(), await freePort()]
   const inherited = { ...process.env }
   delete inherited.DATABASE_URL // the scenario decides the database
-  const child = spawn(process.execPath, ['bin/roost.mjs', 'start'], {
+  // --no-single-threaded-gc: on a one-CPU machine the launcher would otherwise start the server again
+  // (bin/launcher.mjs), and the kill -9 below would hit the launcher instead of the server
+  const child = spawn(process.execPath, ['--no-single-threaded-gc', 'bin/roost.mjs', 'start'], {
     cwd: ROOT,
     env: { ...inherited, ROOST_HOST: '127.0.0.1', ROOST_MQTT_PORT: String(mqttPort), ROOST_HTTP_PORT: String(httpPort), ROOST_LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
