@@ -3,13 +3,15 @@
 // On one CPU a serving command starts again with the V8 flags for one CPU (bin/launcher.mjs): they can only
 // be given when Node starts. This process then only passes signals on and exits as the server did.
 import { spawn } from 'node:child_process'
+import { url as inspectorUrl } from 'node:inspector'
 import { constants } from 'node:os'
 import { cpuBudget, LAUNCHER_ENV, missingNodeFlags } from './launcher.mjs'
 
 const SERVING = new Set(['start', 'broker', 'api', 'bridge'])
 const FORWARDED = ['SIGINT', 'SIGTERM', 'SIGHUP']
 
-const add = SERVING.has(process.argv[2] ?? '') ? missingNodeFlags(cpuBudget(), process.execArgv) : []
+// under a debugger (--inspect) this process is the one being debugged, so it stays the server
+const add = SERVING.has(process.argv[2] ?? '') && inspectorUrl() === undefined ? missingNodeFlags(cpuBudget(), process.execArgv) : []
 if (add.length === 0) {
   const { register } = await import('tsx/esm/api')
   register()

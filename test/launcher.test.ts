@@ -50,11 +50,11 @@ afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true })
 })
 
-/** `taskset -c 0 node bin/roost.mjs start`, until its "roost is ready" line. */
-async function launchOnOneCore (): Promise<Launched> {
+/** `taskset -c 0 node [nodeArgs] bin/roost.mjs start`, until its "roost is ready" line. */
+async function launchOnOneCore (nodeArgs: readonly string[] = []): Promise<Launched> {
   const dataDir = freshDataDir()
   dirs.push(dataDir)
-  const launcher = spawn(TASKSET, ['-c', '0', process.execPath, 'bin/roost.mjs', 'start'], {
+  const launcher = spawn(TASKSET, ['-c', '0', process.execPath, ...nodeArgs, 'bin/roost.mjs', 'start'], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', ...testEnv(dataDir, { ROOST_LOG_LEVEL: 'info' }) },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -69,11 +69,13 @@ async function launchOnOneCore (): Promise<Launched> {
     const line = out.split('\n').find(l => l.includes('"roost is ready"'))
     return line === undefined ? undefined : JSON.parse(line) as Record<string, unknown>
   }, READY_MS, 'roost is ready')
-  // taskset execs node, so the launcher's pid is Node's; its one Node child is the server
-  const children = readFileSync(`/proc/${launcher.pid}/task/${launcher.pid}/children`, 'utf8').trim().split(/\s+/).map(Number)
-  const serverPid = children.find(pid => readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('bin/roost.mjs'))
-  if (serverPid === undefined) throw new Error(`no server process under the launcher (children ${children.join(', ')}):\n${out}`)
-  return { launcher, ready, serverPid, exited, output: () => out }
+  return { launcher, ready, serverPid: serverUnder(launcher.pid as number), exited, output: () => out }
+}
+
+/** The launcher's Node child running bin/roost.mjs (taskset execs node, so the launcher's pid is Node's), or its own pid when there is none. */
+function serverUnder (launcherPid: number): number {
+  const children = readFileSync(`/proc/${launcherPid}/task/${launcherPid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number)
+  return children.find(pid => readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('bin/roost.mjs')) ?? launcherPid
 }
 
 describe.skipIf(!existsSync(TASKSET))('roost start on one CPU', () => {
@@ -81,6 +83,7 @@ describe.skipIf(!existsSync(TASKSET))('roost start on one CPU', () => {
 
   it('runs the server with --single-threaded-gc, passes SIGTERM on and exits as the server did', async () => {
     const run = await launchOnOneCore()
+    expect(run.serverPid).not.toBe(run.launcher.pid)
     expect(run.ready.cpus).toBe(1)
     expect(run.ready.gc).toBe('single-threaded')
     expect(readFileSync(`/proc/${run.serverPid}/cmdline`, 'utf8').split('\0')).toContain('--single-threaded-gc')
@@ -99,6 +102,14 @@ describe.skipIf(!existsSync(TASKSET))('roost start on one CPU', () => {
     await eventually(() => existsSync(`/proc/${run.serverPid}`) ? undefined : true, 20_000, 'the server to stop')
     // the ports are free again: nothing answers on the server's HTTP port
     await expect(fetch(`http://127.0.0.1:${String(run.ready.http)}/health`)).rejects.toThrow()
+  }, READY_MS + 30_000)
+
+  it('under a debugger (--inspect) the launcher stays the server, with V8\'s default GC', async () => {
+    const run = await launchOnOneCore(['--inspect=127.0.0.1:0'])
+    expect(run.serverPid).toBe(run.launcher.pid)
+    expect(run.ready.gc).toBe('concurrent')
+    run.launcher.kill('SIGTERM')
+    expect(await run.exited).toEqual({ code: 0, signal: null })
   }, READY_MS + 30_000)
 
   it('on more than one CPU the launcher is the server itself', () => {
