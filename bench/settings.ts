@@ -56,7 +56,7 @@ const INTS = {
   // below Mosquitto's listen backlog (100): more SYNs than that waiting for accept() are dropped and
   // retried a second later, which measures TCP's retry timer instead of the broker
   concurrency: { env: 'BENCH_CONNECT_CONCURRENCY', default: 50, min: 1, help: 'logins in progress at once while opening idle connections' },
-  commandDevices: { env: 'BENCH_COMMAND_DEVICES', default: 100, min: 1, help: 'devices in the commands benchmark, each with one HTTP loop sending it commands back to back' },
+  commandDevices: { env: 'BENCH_COMMAND_DEVICES', default: 100, min: 1, help: 'devices in the commands benchmark, each sent commands over its own keep-alive HTTP connection' },
   voiceDevices: { env: 'BENCH_VOICE_DEVICES', default: 20, min: 1, help: 'talking devices in the voice benchmark (half of them interrupt each reply)' },
   // a voice turn takes 3–6 s, so BENCH_SECONDS' few seconds would hold a turn or two per device
   voiceSeconds: { env: 'BENCH_VOICE_SECONDS', default: 40, min: 5, help: 'measured window of the voice benchmark, in seconds' },
