@@ -110,7 +110,7 @@ function openPostgres (url: string, poolSize: number): Database {
     orm,
     async query<T> (text: string, params: readonly unknown[] = []) {
       // named and prepared once per connection: postgres.js leaves unsafe() texts unprepared unless asked,
-      // and then parses and plans every call (0.3 ms of server time for a command insert instead of 0.06)
+      // and then parses and plans every call (about 0.45 ms of server time for a command insert instead of 0.13)
       return await client.unsafe(text, params as never[], { prepare: true }) as unknown as T[]
     },
     async close () {
